@@ -1,0 +1,1 @@
+"""The DISARM library: networks, losses, training and inference (torch, numpy, nibabel)."""

@@ -1,0 +1,1 @@
+"""Nipype interfaces of disarm-pipeline (small SimpleInterface classes)."""
