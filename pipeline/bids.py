@@ -1,0 +1,259 @@
+"""BIDS input (pybids queries, input checks) and BIDS-Derivatives naming and metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.exitcodes import ExitCode, UserError
+
+#: Raw-sidecar fields carried into the derivatives: the scanner label comes from them.
+SCANNER_FIELDS = (
+    "Manufacturer",
+    "ManufacturersModelName",
+    "MagneticFieldStrength",
+    "DeviceSerialNumber",
+    "StationName",
+    "InstitutionName",
+    "SoftwareVersions",
+)
+
+#: Entities of a T1w file that identify it, in BIDS filename order, with their key.
+SOURCE_ENTITIES = (
+    ("subject", "sub"),
+    ("session", "ses"),
+    ("acquisition", "acq"),
+    ("ceagent", "ce"),
+    ("reconstruction", "rec"),
+    ("run", "run"),
+)
+#: Derivative entities, in BIDS filename order.
+DERIVATIVE_ENTITIES = (
+    ("from", "from"),
+    ("to", "to"),
+    ("mode", "mode"),
+    ("space", "space"),
+    ("res", "res"),
+    ("desc", "desc"),
+)
+
+
+@dataclass(frozen=True)
+class T1wInput:
+    """One T1w image selected for processing."""
+
+    path: Path
+    relpath: str  # path inside the dataset, as used in ``Sources`` (bids:raw:<relpath>)
+    entities: dict[str, str]  # SOURCE_ENTITIES present in the file name
+    metadata: dict[str, Any] = field(default_factory=dict)  # sidecar (inheritance applied)
+
+    @property
+    def subject(self) -> str:
+        return self.entities["subject"]
+
+    @property
+    def scanner_metadata(self) -> dict[str, Any]:
+        return {k: self.metadata[k] for k in SCANNER_FIELDS if k in self.metadata}
+
+    @property
+    def ident(self) -> str:
+        """A Nipype-safe identifier of the image, e.g. ``sub_01_ses_a_run_1``."""
+        return "_".join(
+            f"{key}_{self.entities[name]}"
+            for name, key in SOURCE_ENTITIES
+            if name in self.entities
+        )
+
+
+def load_layout(bids_dir: Path):
+    """Index ``bids_dir`` with pybids (in memory: nothing is written inside it)."""
+    from bids import BIDSLayout
+    from bids.exceptions import BIDSValidationError
+
+    if not bids_dir.is_dir():
+        raise UserError(
+            f"bids_dir {bids_dir} does not exist or is not a folder", ExitCode.NO_INPUT
+        )
+    try:
+        return BIDSLayout(str(bids_dir), validate=False)
+    except (BIDSValidationError, ValueError) as err:
+        raise UserError(
+            f"{bids_dir} is not a BIDS dataset: {err}", ExitCode.INVALID_BIDS
+        ) from None
+
+
+def collect_t1w(
+    layout,
+    participant_label: Iterable[str] = (),
+    session_label: Iterable[str] = (),
+    bids_filters: Mapping[str, Any] | None = None,
+) -> list[T1wInput]:
+    """Every T1w image of the selected participants and sessions, with its sidecar metadata."""
+    participant_label, session_label = list(participant_label), list(session_label)
+    all_subjects = layout.get_subjects()
+    query: dict[str, Any] = {
+        "datatype": "anat",
+        "suffix": "T1w",
+        "extension": [".nii", ".nii.gz"],
+        "return_type": "object",
+    }
+    filters = dict((bids_filters or {}).get("t1w", bids_filters or {}))
+    query.update(filters)
+    if not layout.get(**{**query, "return_type": "filename"}) and not (
+        participant_label or session_label or filters
+    ):
+        raise UserError(f"no T1w image found in {layout.root}", ExitCode.NO_INPUT)
+    if participant_label:
+        missing = sorted(set(participant_label) - set(all_subjects))
+        if missing:
+            raise UserError(
+                "participant(s) not found in the dataset: "
+                + ", ".join(f"sub-{m}" for m in missing),
+                ExitCode.NO_MATCH,
+            )
+        query["subject"] = participant_label
+    if session_label:
+        query["session"] = session_label
+    try:
+        files = layout.get(**query)
+    except (ValueError, TypeError) as err:  # unknown entity in a filter file
+        raise UserError(f"invalid BIDS filter: {err}", ExitCode.USAGE) from None
+    inputs = [
+        T1wInput(
+            path=Path(f.path),
+            relpath=Path(f.path).relative_to(layout.root).as_posix(),
+            entities={
+                name: str(f.entities[name]) for name, _ in SOURCE_ENTITIES if name in f.entities
+            },
+            metadata=dict(f.get_metadata()),
+        )
+        for f in sorted(files, key=lambda f: f.path)
+    ]
+    if not inputs:
+        what = [f"participant(s) {', '.join(participant_label)}"] if participant_label else []
+        what += [f"session(s) {', '.join(session_label)}"] if session_label else []
+        what += [f"filters {json.dumps(filters)}"] if filters else []
+        raise UserError(f"no T1w image matches {' and '.join(what)}", ExitCode.NO_MATCH)
+    without = sorted(set(participant_label) - {i.subject for i in inputs})
+    if without:
+        raise UserError(
+            "no T1w image for " + ", ".join(f"sub-{s}" for s in without), ExitCode.NO_MATCH
+        )
+    return inputs
+
+
+def check_t1w_image(path: Path) -> None:
+    """Refuse an image the pipeline cannot use: unreadable, not 3D, NaN/inf or empty."""
+    import nibabel as nb
+    import numpy as np
+
+    name = path.name
+    try:
+        img = nb.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel raises many types for a broken file
+        raise UserError(f"{name}: cannot read the image ({err})", ExitCode.INVALID_BIDS) from None
+    shape = data.shape
+    if len(shape) == 4 and shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise UserError(
+            f"{name}: a T1w image must be 3D, this one has shape {shape}", ExitCode.INVALID_BIDS
+        )
+    if min(data.shape) < 8:
+        raise UserError(f"{name}: image too small ({shape})", ExitCode.INVALID_BIDS)
+    if np.issubdtype(data.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise UserError(f"{name}: {bad} voxels are NaN or infinite", ExitCode.INVALID_BIDS)
+    if not np.any(data):
+        raise UserError(f"{name}: the image is empty (all zeros)", ExitCode.INVALID_BIDS)
+    if np.linalg.matrix_rank(img.affine[:3, :3]) < 3:
+        raise UserError(f"{name}: the header's affine is degenerate", ExitCode.INVALID_BIDS)
+
+
+def derivative_name(
+    entities: Mapping[str, str], *, suffix: str, extension: str, **derived: str | int | None
+) -> str:
+    """BIDS-Derivatives file name, e.g. ``sub-01_space-MNI152NLin6Asym_desc-preproc_T1w.nii.gz``."""
+    parts = [f"{key}-{entities[name]}" for name, key in SOURCE_ENTITIES if entities.get(name)]
+    parts += [
+        f"{key}-{derived[name]}"
+        for name, key in DERIVATIVE_ENTITIES
+        if derived.get(name) not in (None, "")
+    ]
+    unknown = set(derived) - {name for name, _ in DERIVATIVE_ENTITIES}
+    if unknown:
+        raise ValueError(f"unknown derivative entities {sorted(unknown)}")
+    return "_".join([*parts, suffix]) + extension
+
+
+def derivative_dir(entities: Mapping[str, str], datatype: str = "anat") -> Path:
+    """``sub-<label>[/ses-<label>]/<datatype>`` of an output."""
+    path = Path(f"sub-{entities['subject']}")
+    if entities.get("session"):
+        path /= f"ses-{entities['session']}"
+    return path / datatype
+
+
+def write_json_atomic(path: Path, content: Mapping[str, Any]) -> None:
+    """Write JSON through a temporary file and a rename: never a half-written file."""
+    text = json.dumps(content, indent=2, sort_keys=True, default=str) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def container_info() -> dict[str, str] | None:
+    """The container we run in, as BIDS GeneratedBy.Container wants it (set in docker/)."""
+    if os.getenv("DISARM_CONTAINER_TYPE"):
+        info = {"Type": os.environ["DISARM_CONTAINER_TYPE"]}
+        if os.getenv("DISARM_CONTAINER_TAG"):
+            info["Tag"] = os.environ["DISARM_CONTAINER_TAG"]
+        return info
+    for var in ("APPTAINER_NAME", "SINGULARITY_NAME"):
+        if os.getenv(var):
+            return {"Type": "singularity", "URI": os.environ[var]}
+    return None
+
+
+def write_dataset_description(output_dir: Path, bids_dir: Path) -> dict[str, Any]:
+    """``dataset_description.json`` of the derivatives: GeneratedBy, SourceDatasets, links."""
+    generated_by: dict[str, Any] = {
+        "Name": "disarm-pipeline",
+        "Version": __version__,
+        "Description": "Reorientation, bias-field correction, affine registration to MNI152 and "
+        "DISARM scanner harmonization of T1w images.",
+    }
+    container = container_info()
+    if container:
+        generated_by["Container"] = container
+    raw_description = {}
+    try:
+        raw_description = json.loads((bids_dir / "dataset_description.json").read_text())
+    except (OSError, ValueError):
+        pass
+    source = {"URL": bids_dir.resolve().as_uri()}
+    if raw_description.get("DatasetDOI"):
+        source["DOI"] = raw_description["DatasetDOI"]
+    content = {
+        "Name": f"disarm-pipeline derivatives of {raw_description.get('Name', bids_dir.name)}",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated_by],
+        "SourceDatasets": [source],
+        "DatasetLinks": {"raw": bids_dir.resolve().as_uri()},
+    }
+    if raw_description.get("License"):
+        content["License"] = raw_description["License"]
+    write_json_atomic(output_dir / "dataset_description.json", content)
+    return content

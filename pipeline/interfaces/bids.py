@@ -1,0 +1,101 @@
+"""Writing BIDS-Derivatives: one sink that knows the naming, and writes atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from pipeline.bids import derivative_dir, derivative_name, write_json_atomic
+
+
+def _copy_atomic(src: Path, dest: Path) -> None:
+    """Copy through a hidden temporary file and a rename, so that an interrupted run never
+    leaves a half-written output under its final name."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if src.name.endswith(".nii") and dest.name.endswith(".nii.gz"):
+            import nibabel as nb
+
+            img = nb.load(str(src))
+            nb.save(img, tmp + ".nii.gz")
+            os.replace(tmp + ".nii.gz", tmp)
+        else:
+            shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    finally:
+        for leftover in (tmp, tmp + ".nii.gz"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
+class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
+    base_directory = traits.Directory(mandatory=True, desc="root of the derivatives dataset")
+    in_file = File(exists=True, mandatory=True, desc="the file to store")
+    source_entities = traits.Dict(
+        mandatory=True, desc="entities of the source T1w (subject, session, run...)"
+    )
+    suffix = traits.Str(mandatory=True, desc="BIDS suffix, e.g. T1w or xfm")
+    extension = traits.Str(desc="extension with its dot (default: that of in_file)")
+    space = traits.Str(desc="space entity")
+    res = traits.Str(desc="res entity")
+    desc = traits.Str(desc="desc entity")
+    from_ = traits.Str(desc="from entity (transforms)")
+    to = traits.Str(desc="to entity (transforms)")
+    mode = traits.Str(desc="mode entity (transforms)")
+    metadata = traits.Dict(desc="JSON sidecar content; no sidecar when undefined")
+
+
+class _DerivativesDataSinkOutputSpec(TraitedSpec):
+    out_file = File(desc="the stored file")
+    out_meta = File(desc="its JSON sidecar")
+
+
+class DerivativesDataSink(SimpleInterface):
+    """Store one output under its BIDS-Derivatives name (and its sidecar), atomically."""
+
+    input_spec = _DerivativesDataSinkInputSpec
+    output_spec = _DerivativesDataSinkOutputSpec
+    # Always run: the outputs live outside the Nipype cache and may have been removed.
+    _always_run = True
+
+    def _run_interface(self, runtime):
+        src = Path(self.inputs.in_file)
+        extension = self.inputs.extension if isdefined(self.inputs.extension) else None
+        if extension is None:
+            extension = ".nii.gz" if src.name.endswith(".nii.gz") else src.suffix
+        derived = {
+            name: getattr(self.inputs, trait)
+            for name, trait in (
+                ("space", "space"),
+                ("res", "res"),
+                ("desc", "desc"),
+                ("from", "from_"),
+                ("to", "to"),
+                ("mode", "mode"),
+            )
+            if isdefined(getattr(self.inputs, trait))
+        }
+        entities = self.inputs.source_entities
+        name = derivative_name(entities, suffix=self.inputs.suffix, extension=extension, **derived)
+        dest = Path(self.inputs.base_directory) / derivative_dir(entities) / name
+        _copy_atomic(src, dest)
+        self._results["out_file"] = str(dest)
+        if isdefined(self.inputs.metadata):
+            sidecar = dest.with_name(name[: -len(extension)] + ".json")
+            write_json_atomic(sidecar, self.inputs.metadata)
+            self._results["out_meta"] = str(sidecar)
+        return runtime
