@@ -181,7 +181,11 @@ def check_t1w_image(path: Path) -> None:
 def derivative_name(
     entities: Mapping[str, str], *, suffix: str, extension: str, **derived: str | int | None
 ) -> str:
-    """BIDS-Derivatives file name, e.g. ``sub-01_space-MNI152NLin6Asym_desc-preproc_T1w.nii.gz``."""
+    """BIDS-Derivatives file name,
+    e.g. ``sub-01_space-MNI152NLin6Asym_desc-preproc_T1w.nii.gz``.
+
+    ``derived`` holds the derivative entities (space, desc, from, to, mode, res).
+    """
     parts = [f"{key}-{entities[name]}" for name, key in SOURCE_ENTITIES if entities.get(name)]
     parts += [
         f"{key}-{derived[name]}"

@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="disarm-pipeline",
         description=(
-            "DISARM harmonization of T1-weighted MRI: reorientation, bias-field correction, affine "
-            "registration to MNI152 and removal of scanner effects with the DISARM network. "
+            "DISARM harmonization of T1-weighted MRI: reorientation, bias-field correction, "
+            "affine registration to MNI152, removal of scanner effects by the DISARM network. "
             "A BIDS-App: bids_dir out_dir {participant,group}."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=("template", "T1w"),
         default=["template"],
-        help="spaces of the harmonized image: the MNI template and/or the input's native T1w space",
+        help="spaces of the harmonized image: the MNI template and/or the input's native "
+        "T1w space",
     )
     proc.add_argument(
         "--device",
