@@ -80,7 +80,21 @@ def load_layout(bids_dir: Path):
         raise UserError(
             f"bids_dir {bids_dir} does not exist or is not a folder", ExitCode.NO_INPUT
         )
+    description = bids_dir / "dataset_description.json"
     try:
+        json.loads(description.read_text())
+    except OSError:
+        raise UserError(
+            f"{bids_dir} is not a BIDS dataset: it has no dataset_description.json",
+            ExitCode.INVALID_BIDS,
+        ) from None
+    except ValueError as err:
+        raise UserError(
+            f"{bids_dir} is not a BIDS dataset: dataset_description.json is not JSON ({err})",
+            ExitCode.INVALID_BIDS,
+        ) from None
+    try:
+        # validate=False: tolerate files the validator does not know, as fMRIPrep does.
         return BIDSLayout(str(bids_dir), validate=False)
     except (BIDSValidationError, ValueError) as err:
         raise UserError(

@@ -1,0 +1,58 @@
+"""The top-level workflow: one subgraph per T1w image."""
+
+from __future__ import annotations
+
+from nipype.pipeline import engine as pe
+
+from pipeline.bids import T1wInput
+from pipeline.config import Config
+
+
+def init_disarm_wf(config: Config, inputs: list[T1wInput]) -> pe.Workflow:
+    """Build the participant-level workflow for every selected T1w image.
+
+    Each image gets its own :func:`init_single_t1w_wf`, so images run in parallel under
+    MultiProc or as separate jobs under a cluster plugin.
+    """
+    from pipeline.templates import get_template
+
+    template = get_template(config.backend, config.output_resolution)
+    workflow = pe.Workflow(name="disarm_wf", base_dir=str(config.work_dir))
+    for t1w in inputs:
+        workflow.add_nodes([init_single_t1w_wf(config, t1w, template)])
+    return workflow
+
+
+def init_single_t1w_wf(config: Config, t1w: T1wInput, template) -> pe.Workflow:
+    """Preprocess one T1w image and store its derivatives.
+
+    The workflow has no inputnode: the T1w file is fixed when the graph is built.
+    Outputs are written by the datasinks of :func:`workflows.outputs.init_ds_preproc_wf`.
+    """
+    from workflows.outputs import init_ds_preproc_wf
+    from workflows.preproc import init_preproc_wf
+
+    workflow = pe.Workflow(name=f"t1w_{t1w.ident}_wf")
+    preproc_wf = init_preproc_wf(
+        backend=config.backend, template=template, omp_nthreads=config.omp_nthreads
+    )
+    preproc_wf.inputs.inputnode.in_file = str(t1w.path)
+    ds_preproc_wf = init_ds_preproc_wf(
+        output_dir=config.output_dir,
+        t1w=t1w,
+        backend=config.backend,
+        space=template.space,
+        resolution=config.output_resolution,
+        template_source=template.source,
+    )
+    # fmt: off
+    workflow.connect([
+        (preproc_wf, ds_preproc_wf, [
+            ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+            ("outputnode.xfm", "inputnode.xfm"),
+            ("outputnode.bias_field", "inputnode.bias_field"),
+            ("outputnode.alignment_ncc", "inputnode.alignment_ncc"),
+        ]),
+    ])
+    # fmt: on
+    return workflow

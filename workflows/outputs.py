@@ -1,0 +1,162 @@
+"""Writers of the BIDS-Derivatives outputs of one T1w image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from pipeline.bids import T1wInput
+from pipeline.interfaces.bids import DerivativesDataSink
+from pipeline.provenance import software_versions
+
+#: What each backend did, for the sidecars (the flags are those of METHOD.md for fsl).
+PREPROC_STEPS = {
+    "fsl": [
+        "fslreorient2std",
+        "fast -t 1 -n 3 -H 0.1 -I 4 -l 20.0 --nopve -B (restored image)",
+        "flirt -bins 256 -cost corratio -searchrx -90 90 -searchry -90 90 -searchrz -90 90 "
+        "-dof 12 -interp trilinear",
+    ],
+    "ants": [
+        "reorientation to the FSL standard orientation (nibabel, no resampling)",
+        "N4 bias-field correction (antspyx)",
+        "brain extraction (brainextractor) to drive the registration only",
+        "affine registration of the brain to the template brain (antspyx), applied to the "
+        "whole head, linear interpolation",
+    ],
+}
+XFM_FORMAT = {"fsl": "FSL FLIRT 4x4 matrix (.mat)", "ants": "ITK affine transform, text (.txt)"}
+
+
+def _with_ncc(metadata: dict, alignment_ncc: float) -> dict:
+    metadata = dict(metadata)
+    metadata["Preprocessing"] = {**metadata["Preprocessing"], "AlignmentNCC": alignment_ncc}
+    return metadata
+
+
+def preproc_metadata(t1w: T1wInput, backend: str, space: str, template_source: str) -> dict:
+    """Sidecar of the preprocessed T1w: sources, scanner fields of the raw, steps, versions."""
+    return {
+        "Sources": [f"bids:raw:{t1w.relpath}"],
+        "SkullStripped": False,
+        **t1w.scanner_metadata,
+        "Preprocessing": {
+            "Backend": backend,
+            "Steps": PREPROC_STEPS[backend],
+            "Template": space,
+            "TemplateSource": template_source,
+        },
+        "PipelineVersions": software_versions(backend),
+    }
+
+
+def init_ds_preproc_wf(
+    *,
+    output_dir: Path,
+    t1w: T1wInput,
+    backend: str,
+    space: str,
+    resolution: int,
+    template_source: str,
+    name: str = "ds_preproc_wf",
+) -> pe.Workflow:
+    """Store the preprocessing outputs of one T1w image as BIDS-Derivatives.
+
+    Writes ``<source>_space-<space>_desc-preproc_T1w.nii.gz`` (+ JSON), the affine
+    ``<source>_from-T1w_to-<space>_mode-image_xfm.<mat|txt>`` (+ JSON) and the bias field
+    ``<source>_desc-biasfield_T1w.nii.gz`` (in the reoriented input's space, + JSON).
+
+    Inputs (``inputnode``)
+    ----------------------
+    t1w_preproc
+        bias-corrected head on the template grid
+    xfm
+        affine transform file, input (reoriented) to template
+    bias_field
+        estimated bias field
+    alignment_ncc
+        registration quality (NCC to the template inside its brain mask)
+
+    Outputs (``outputnode``)
+    ------------------------
+    t1w_preproc, xfm, bias_field
+        paths of the stored derivatives
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["t1w_preproc", "xfm", "bias_field", "alignment_ncc"]),
+        name="inputnode",
+    )
+    outputnode = pe.Node(
+        niu.IdentityInterface(fields=["t1w_preproc", "xfm", "bias_field"]), name="outputnode"
+    )
+    base: dict[str, Any] = {
+        "base_directory": str(output_dir),
+        "source_entities": t1w.entities,
+    }
+    res = str(resolution) if resolution != 1 else None
+    sources = [f"bids:raw:{t1w.relpath}"]
+
+    add_ncc = pe.Node(
+        niu.Function(
+            function=_with_ncc,
+            input_names=["metadata", "alignment_ncc"],
+            output_names=["metadata"],
+        ),
+        name="add_ncc",
+    )
+    add_ncc.inputs.metadata = preproc_metadata(t1w, backend, space, template_source)
+    ds_preproc = pe.Node(
+        DerivativesDataSink(space=space, desc="preproc", suffix="T1w", **base),
+        name="ds_t1w_preproc",
+        run_without_submitting=True,
+    )
+    if res:
+        ds_preproc.inputs.res = res
+    ds_xfm = pe.Node(
+        DerivativesDataSink(
+            from_="T1w",
+            to=space,
+            mode="image",
+            suffix="xfm",
+            **base,
+            extension=".mat" if backend == "fsl" else ".txt",
+            metadata={
+                "Sources": sources,
+                "Format": XFM_FORMAT[backend],
+                "Software": "FLIRT" if backend == "fsl" else "ANTs (antspyx)",
+            },
+        ),
+        name="ds_xfm",
+        run_without_submitting=True,
+    )
+    ds_bias = pe.Node(
+        DerivativesDataSink(
+            desc="biasfield",
+            suffix="T1w",
+            **base,
+            metadata={
+                "Sources": sources,
+                "Description": "Estimated multiplicative bias field "
+                "of the input, in its reoriented space",
+            },
+        ),
+        name="ds_bias_field",
+        run_without_submitting=True,
+    )
+    # fmt: off
+    workflow.connect([
+        (inputnode, add_ncc, [("alignment_ncc", "alignment_ncc")]),
+        (add_ncc, ds_preproc, [("metadata", "metadata")]),
+        (inputnode, ds_preproc, [("t1w_preproc", "in_file")]),
+        (inputnode, ds_xfm, [("xfm", "in_file")]),
+        (inputnode, ds_bias, [("bias_field", "in_file")]),
+        (ds_preproc, outputnode, [("out_file", "t1w_preproc")]),
+        (ds_xfm, outputnode, [("out_file", "xfm")]),
+        (ds_bias, outputnode, [("out_file", "bias_field")]),
+    ])
+    # fmt: on
+    return workflow
