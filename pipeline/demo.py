@@ -139,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.out_dir.exists() and any(args.out_dir.iterdir()):
+        # Re-running the README's demo command reuses the dataset it made the first time.
+        description = args.out_dir / "dataset_description.json"
+        if description.is_file() and "disarm-pipeline demo" in description.read_text():
+            print(f"disarm-demo: {args.out_dir} already holds the demo dataset", file=sys.stderr)
+            return 0
         print(f"disarm-demo: error: {args.out_dir} exists and is not empty", file=sys.stderr)
         return int(ExitCode.CANT_CREATE)
     files = make_demo_dataset(
