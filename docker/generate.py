@@ -172,6 +172,13 @@ def neurodocker_args(renderer: str, torch_index: str) -> list[str]:
     args += ["--run", f"{PROJECT_INSTALL}\n{ENTRYPOINT} --version"]
     args += ["--label", *(f"{key}={value}" for key, value in labels(variant).items())]
     if renderer == "docker":
+        # Recorded as GeneratedBy.Container by pipeline.bids.container_info(); Singularity
+        # images are recognised there by $APPTAINER_NAME / $SINGULARITY_NAME instead.
+        args += [
+            "--env",
+            "DISARM_CONTAINER_TYPE=docker",
+            f"DISARM_CONTAINER_TAG=disarm-pipeline:{project_version()}",
+        ]
         # Singularity runs as the calling user already; a `su` in %post would be meaningless.
         args += ["--user", USER, "--workdir", f"/home/{USER}", "--entrypoint", ENTRYPOINT]
     else:

@@ -111,6 +111,9 @@ def test_dockerfile_runs_as_non_root_with_entrypoint_and_labels():
 
     assert f'org.opencontainers.image.version="{__version__}"' in text
     assert "ARG TORCH_INDEX_URL=" in text
+    # What pipeline.bids.container_info() records as GeneratedBy.Container.
+    assert 'DISARM_CONTAINER_TYPE="docker"' in text
+    assert f'DISARM_CONTAINER_TAG="disarm-pipeline:{__version__}"' in text
 
 
 @pytest.mark.parametrize("name", ["Singularity", "Singularity.cuda"])
