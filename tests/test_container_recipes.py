@@ -170,7 +170,9 @@ def test_recipe_python_install_replayed_in_fresh_venv(tmp_path):
             "for m in (pipeline, models, workflows): print(m.__file__)\n"
             "eps = md.distribution('disarm-pipeline').entry_points\n"
             "for ep in eps: print(ep.name, ep.value)\n"
-            "for ep in eps: ep.load()  # every console script's module imports",
+            "for ep in eps:\n"
+            "    try: ep.load()\n"
+            "    except Exception as err: print('BROKEN', ep.name, repr(err))",
         ],
         capture_output=True,
         text=True,
@@ -180,6 +182,8 @@ def test_recipe_python_install_replayed_in_fresh_venv(tmp_path):
     )
     assert probe.returncode == 0, probe.stderr
     lines = probe.stdout.splitlines()
+    broken = [line for line in lines if line.startswith("BROKEN")]
+    assert not broken, f"console scripts of the image that cannot start: {broken}"
     site = str(venv / "lib")
     assert all(line.startswith(site) for line in lines[:3]), lines[:3]
     scripts = dict(line.split(" ", 1) for line in lines[3:])
