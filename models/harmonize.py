@@ -1,0 +1,191 @@
+"""Inference: harmonize one T1w image with a trained DISARM model.
+
+Modes (C = training scanners, z = scanner code, c = one-hot label):
+
+* ``scanner-free``: ``G(E_b(x), z = 0, c = 0)``. z = 0 is the mean of the N(0, I) prior, so
+  the output is deterministic; ``seed`` is recorded but changes nothing.
+* ``target``: ``G(E_b(x), z_h, c_h)``: the stored mean code and the label of training
+  scanner ``target``.
+* ``reference``: ``G(E_b(x), E_s(r, c).mu, c)`` with the code encoded from one reference
+  image ``r``; ``c`` = the label of ``target`` when given, else all zeros.
+
+Intensities: the input is mapped by its robust range (see :mod:`models.intensity`) to
+[-1, 1]; the output is mapped back either to the fixed range (``intensity_scale="fixed"``,
+default: the input's background -> 0 and the harmonized robust maximum -> about 1000, the same
+scale for every scanner) or to the input's own robust range (``"input"``). The output keeps
+the input's affine, qform/sform codes and header, as float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, load_model, versions
+from .disarm import Disarm, autocast_for, one_hot
+from .intensity import FIXED_OUTPUT_RANGE, denormalize, normalize, robust_range
+
+__all__ = ["Harmonizer", "HarmonizeError", "DEFAULT_MODEL_DIR", "MODES"]
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "default"
+MODES = ("scanner-free", "target", "reference")
+
+
+class HarmonizeError(ValueError):
+    """A user-level problem with a harmonization request (bad image, unknown target...)."""
+
+
+def _device(spec: str | torch.device) -> torch.device:
+    if isinstance(spec, torch.device):
+        return spec
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HarmonizeError("device 'cuda' was asked for, but no CUDA device is available")
+    return dev
+
+
+def _volume(img: nib.Nifti1Image, what: str) -> np.ndarray:
+    if len(img.shape) != 3:
+        raise HarmonizeError(f"the {what} image must be 3D, got shape {tuple(img.shape)}")
+    if min(img.shape) < 2:
+        raise HarmonizeError(f"the {what} image is too small: shape {tuple(img.shape)}")
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    return np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class Harmonizer:
+    """A loaded model ready to harmonize images (E_b, E_s and G only are used)."""
+
+    def __init__(self, model: Disarm, card: dict, model_dir: Path, device: torch.device):
+        self.model = model.eval()
+        self.card = card
+        self.model_dir = Path(model_dir)
+        self.device = device
+        self.cfg = model.cfg
+        self.amp = False  # bf16 autocast; off: fp32 is fast enough and exact
+
+    @classmethod
+    def from_dir(
+        cls, path: str | Path | None = None, device: str | torch.device = "auto"
+    ) -> Harmonizer:
+        """Load a model directory (``None`` = the shipped default model)."""
+        if path is None:
+            path = DEFAULT_MODEL_DIR
+            if not (path / "model_card.json").is_file():
+                raise CheckpointError(
+                    "no default DISARM model is shipped yet (models/weights/default/ is "
+                    "empty): train one with disarm-train and pass its model directory"
+                )
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"model directory not found: {path}")
+        dev = _device(device)
+        model, card = load_model(path, dev)
+        return cls(model, card, path, dev)
+
+    @property
+    def scanners(self) -> list[str]:
+        return list(self.card["scanners"])
+
+    def _tensor(self, data: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(data))[None, None].to(self.device)
+
+    def _label(self, target: str | None) -> torch.Tensor:
+        n = self.cfg.n_scanners
+        if target is None:
+            return torch.zeros(1, n, device=self.device)
+        if target not in self.scanners:
+            raise HarmonizeError(
+                f"unknown target scanner {target!r}; known: {', '.join(self.scanners)}"
+            )
+        return one_hot([self.scanners.index(target)], n, self.device)
+
+    @torch.inference_mode()
+    def harmonize(
+        self,
+        img: nib.Nifti1Image,
+        mode: str = "scanner-free",
+        target: str | None = None,
+        reference: nib.Nifti1Image | None = None,
+        seed: int = 0,
+        intensity_scale: str = "fixed",
+    ) -> tuple[nib.Nifti1Image, dict]:
+        """-> (harmonized image, provenance metadata for a JSON sidecar)."""
+        if mode not in MODES:
+            raise HarmonizeError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if intensity_scale not in ("fixed", "input"):
+            raise HarmonizeError("intensity_scale must be 'fixed' or 'input'")
+        if mode == "target" and target is None:
+            raise HarmonizeError("mode 'target' needs a target scanner name")
+        if mode == "reference" and reference is None:
+            raise HarmonizeError("mode 'reference' needs a reference image")
+        if mode == "scanner-free" and target is not None:
+            raise HarmonizeError("mode 'scanner-free' takes no target scanner")
+        data = _volume(img, "input")
+        torch.manual_seed(seed)
+        clip = self.cfg.clip_max
+        lo, hi = robust_range(data)
+        c = self._label(target)
+        ac = autocast_for(self.device, self.amp)
+        m = self.model
+        if mode == "scanner-free":
+            z = torch.zeros(1, self.cfg.z_dim, device=self.device)
+            z_source = "prior mean (zeros)"
+        elif mode == "target":
+            z = torch.tensor([self.card["scanner_codes"][target]], device=self.device)
+            z_source = f"stored mean code of {target}"
+        else:
+            ref = _volume(reference, "reference")
+            rlo, rhi = robust_range(ref)
+            with ac:
+                z, _ = m.scanner(self._tensor(normalize(ref, rlo, rhi, clip)), c)
+            z = z.float()
+            z_source = "encoded from the reference image"
+        x = self._tensor(normalize(data, lo, hi, clip))
+        del data
+        with ac:
+            zb, x_pad = m.content(x)
+            y = m.generate(zb, z, c, x_pad, tuple(x.shape[2:]))
+        del zb, x_pad, x
+        y = y[0, 0].float().cpu().numpy()
+        out_lo, out_hi = FIXED_OUTPUT_RANGE if intensity_scale == "fixed" else (lo, hi)
+        y = denormalize(y, out_lo, out_hi)
+
+        hdr = img.header.copy()
+        hdr.set_data_dtype(np.float32)
+        out = nib.Nifti1Image(y, img.affine, hdr)
+        out.header.set_slope_inter(None, None)
+        if isinstance(img, nib.Nifti1Image):
+            out.set_sform(img.get_sform(), code=int(img.header["sform_code"]))
+            out.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
+        out.header["cal_min"], out.header["cal_max"] = float(y.min()), float(y.max())
+        meta = {
+            "HarmonizationMethod": "DISARM",
+            "mode": mode,
+            "target": target,
+            "model": self.card.get("name", "disarm"),
+            "model_config": self.cfg.name,
+            "model_dir": str(self.model_dir),
+            "weights_sha256": self.card["weights_sha256"],
+            "scanners": self.scanners,
+            "seed": int(seed),
+            "scanner_code": [round(float(v), 6) for v in z[0].tolist()],
+            "scanner_code_source": z_source,
+            "intensity": {
+                "input_range": [lo, hi],
+                "input_range_definition": "0.5th percentile / 99.5th foreground percentile",
+                "output_scale": intensity_scale,
+                "output_range": [float(out_lo), float(out_hi)],
+                "normalized_clip": [-1.0, clip],
+            },
+            "device": self.device.type,
+            "versions": versions(),
+        }
+        if reference is not None:
+            meta["reference_shape"] = list(reference.shape)
+        return out, meta

@@ -1,0 +1,45 @@
+"""Intensity normalization: a robust range mapped to [-1, 1], and back.
+
+The reference maps each whole volume min-max to [-1, 1]. One bright voxel (fat, a vessel, an
+artefact) then squeezes the brain into a narrow band, so here the range is robust:
+
+* ``lo`` = 0.5th percentile of the whole volume (the background of a head),
+* ``hi`` = 99.5th percentile of the foreground (voxels above 5% of the maximum),
+
+``x_n = 2 (x - lo) / (hi - lo) - 1``, clipped to ``[-1, clip_max]`` (``clip_max`` = 1 for
+the tanh generator of the reference configuration; 2 for the fast configuration, whose affine
+output keeps the brightest tissue).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .simulate import robust_max
+
+__all__ = ["robust_range", "normalize", "denormalize", "FIXED_OUTPUT_RANGE"]
+
+#: Harmonized images are written with lo -> 0 and hi -> 1000 by default ("fixed" scale).
+FIXED_OUTPUT_RANGE = (0.0, 1000.0)
+
+
+def robust_range(data: np.ndarray) -> tuple[float, float]:
+    """(lo, hi): 0.5th percentile of all voxels, 99.5th percentile of the foreground."""
+    data = np.asarray(data, dtype=np.float32)
+    lo = float(np.percentile(data, 0.5))
+    hi = robust_max(data)
+    if not hi > lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def normalize(data: np.ndarray, lo: float, hi: float, clip_max: float = 1.0) -> np.ndarray:
+    """Map [lo, hi] to [-1, 1], clip to [-1, clip_max]; float32."""
+    x = (np.asarray(data, dtype=np.float32) - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - 1
+    return np.clip(x, -1.0, clip_max, out=x)
+
+
+def denormalize(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Inverse of :func:`normalize` (without the clip), never below ``min(lo, 0)``; float32."""
+    y = (np.asarray(x, dtype=np.float32) + 1) * np.float32((hi - lo) / 2.0) + np.float32(lo)
+    return np.clip(y, min(lo, 0.0), None, out=y)

@@ -1,0 +1,19 @@
+"""The DISARM networks, one module per part, and their configuration."""
+
+from .anatomy_encoder import AnatomyEncoder
+from .config import NetworkConfig, fast_config, get_config, reference_config
+from .discriminators import ContentDiscriminator, ImageDiscriminator
+from .generator import Generator
+from .scanner_encoder import ScannerEncoder
+
+__all__ = [
+    "AnatomyEncoder",
+    "ScannerEncoder",
+    "Generator",
+    "ContentDiscriminator",
+    "ImageDiscriminator",
+    "NetworkConfig",
+    "reference_config",
+    "fast_config",
+    "get_config",
+]

@@ -1,0 +1,81 @@
+"""Network configuration: the reference layer sizes and the fast shipped configuration."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+__all__ = ["NetworkConfig", "reference_config", "fast_config", "get_config"]
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Widths, depths and the input/output scheme of the five DISARM networks.
+
+    ``io_downsample``: the encoders and the generator see the input average-pooled by this
+    factor (1 = full resolution, as the reference; 2 = half, the fast configuration).
+    ``output``: ``"image"`` = the generator draws the image (tanh, the reference);
+    ``"affine"`` = it draws a smooth per-voxel gain and offset, upsampled and applied to the
+    full-resolution input (``y = exp(g) * x + b``), which keeps every detail of the input.
+    """
+
+    name: str = "reference"
+    n_scanners: int = 5
+    io_downsample: int = 1
+    output: str = "image"
+    stem_channels: int = 4  #: E_b's 7x7x7 stem
+    content_channels: int = 8  #: channels of the content code z_b
+    n_content_blocks: int = 4  #: residual blocks of E_b
+    content_noise: bool = True  #: add N(0, 1) to z_b in training (ref)
+    z_dim: int = 8  #: scanner code size
+    scanner_channels: tuple[int, ...] = (8, 16, 24, 32)  #: E_s stem + three blocks
+    n_gen_blocks: int = 3  #: G's residual blocks after the concatenation
+    disc_channels: tuple[int, ...] = (8, 16, 32, 64, 128)  #: image discriminator trunk
+    content_disc_channels: tuple[int, ...] = (16, 16, 32)  #: D_b
+    clip_max: float = 1.0  #: upper clip of normalized intensities ([-1, clip_max])
+
+    def __post_init__(self) -> None:
+        if self.n_scanners < 2:
+            raise ValueError("DISARM needs at least two training scanners")
+        if self.io_downsample not in (1, 2, 4):
+            raise ValueError("io_downsample must be 1, 2 or 4")
+        if self.output not in ("image", "affine"):
+            raise ValueError("output must be 'image' or 'affine'")
+        if self.output == "image" and self.clip_max != 1.0:
+            raise ValueError("output='image' ends in tanh: clip_max must be 1.0")
+
+    @property
+    def factor(self) -> int:
+        """Spatial sizes are padded to a multiple of this (io downsampling x E_b's stride)."""
+        return self.io_downsample * 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetworkConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown network configuration field(s): {', '.join(unknown)}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**d)
+
+
+def reference_config(n_scanners: int = 5) -> NetworkConfig:
+    """The reference code's layer sizes (1.08 M parameters for five scanners)."""
+    return NetworkConfig(name="reference", n_scanners=n_scanners)
+
+
+def fast_config(n_scanners: int = 5) -> NetworkConfig:
+    """The shipped configuration: reference widths, run at half resolution, affine output."""
+    return NetworkConfig(
+        name="fast", n_scanners=n_scanners, io_downsample=2, output="affine", clip_max=2.0
+    )
+
+
+def get_config(name: str, n_scanners: int = 5, **overrides) -> NetworkConfig:
+    """``"reference"`` or ``"fast"``, with optional field overrides."""
+    presets = {"reference": reference_config, "fast": fast_config}
+    if name not in presets:
+        raise ValueError(f"unknown network configuration {name!r}; known: {', '.join(presets)}")
+    return replace(presets[name](n_scanners), **overrides)

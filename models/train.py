@@ -1,0 +1,305 @@
+"""The DISARM training loop: seeds, devices, checkpoints, resume, torchrun.
+
+Output directory layout::
+
+    OUT/checkpoints/step-000500/   model dir + training_state.* (every ``checkpoint_every``)
+    OUT/latest.json                 {"checkpoint": "checkpoints/step-000500", "step": 500}
+    OUT/losses.tsv                  one row of losses per step
+    OUT/model/                      the final model directory (what ``--model`` points to)
+
+Every directory is written beside its destination and renamed into place; ``latest.json`` is
+replaced atomically after the checkpoint it names is complete, and older checkpoints are
+removed only then (``keep_checkpoints`` kept).
+
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1), each process trains on its own samples and
+gradients are averaged (gloo on CPU, nccl on CUDA); rank 0 writes everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .checkpoint import (
+    CheckpointError,
+    load_model,
+    load_training_state,
+    read_card,
+    versions,
+    write_model_dir,
+)
+from .data import PairSampler, Prefetcher, TrainImage
+from .disarm import Disarm, DisarmTrainer, one_hot
+from .losses import LossWeights
+from .networks import get_config
+
+__all__ = ["TrainOptions", "TrainingError", "resolve_device", "train", "INTENSITY_CARD"]
+
+INTENSITY_CARD = {
+    "method": "robust-range",
+    "lo": "0.5th percentile of all voxels",
+    "hi": "99.5th percentile of the foreground (voxels above 5% of the maximum)",
+    "maps": "[lo, hi] -> [-1, 1], clipped to [-1, clip_max]",
+}
+
+
+class TrainingError(RuntimeError):
+    """A user-level problem with a training run (bad output dir, nothing to resume...)."""
+
+
+@dataclass
+class TrainOptions:
+    out_dir: Path
+    config: str = "fast"
+    config_overrides: dict = field(default_factory=dict)
+    steps: int = 3000
+    patch_size: int | None = 64  #: None = whole volumes (GPU)
+    lr: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    elastic_p: float = 0.7
+    content_d_every: int = 1
+    code_images: int = 4  #: images per scanner averaged for the stored mean scanner code
+    progress: bool = True
+    name: str = "disarm"
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU -> TrainingError."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for, but no CUDA device is available")
+    return dev
+
+
+def _dist_setup(device: torch.device) -> tuple[int, int, torch.device]:
+    ws = int(os.environ.get("WORLD_SIZE", "1"))
+    if ws <= 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    return rank, ws, device
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def scanner_codes(model: Disarm, sampler: PairSampler, n_images: int, seed: int) -> dict:
+    """Mean E_s code (mu) of each training scanner over up to ``n_images`` whole volumes."""
+    dev = next(model.parameters()).device
+    model.eval()
+    rng = np.random.default_rng([seed, 777])
+    codes = {}
+    p_saved, sampler.elastic_p = sampler.elastic_p, 0.0
+    try:
+        for k, name in enumerate(sampler.scanners):
+            pool = sampler.by_scanner[name]
+            pick = rng.permutation(len(pool))[:n_images]
+            mus = []
+            for i in pick:
+                x = sampler.load(pool[int(i)], rng, None)[None].to(dev)
+                mu, _ = model.scanner(x, one_hot([k], len(sampler.scanners), dev))
+                mus.append(mu[0].float().cpu())
+            codes[name] = torch.stack(mus).mean(0).tolist()
+    finally:
+        sampler.elastic_p = p_saved
+        model.train()
+    return codes
+
+
+def _scanner_info(images: list[TrainImage], scanners: list[str]) -> dict:
+    info = {}
+    for s in scanners:
+        ims = [im for im in images if im.scanner == s]
+        prof = ims[0].profile
+        info[s] = {
+            "n_images": len(ims),
+            "simulated": prof is not None,
+            "profile": prof.to_dict() if prof is not None else None,
+        }
+    return info
+
+
+def _card(opts, cfg, scanners, codes, images, step, world, dev, data_summary) -> dict:
+    return {
+        "name": opts.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": cfg.to_dict(),
+        "scanners": list(scanners),
+        "scanner_codes": codes,
+        "scanner_info": _scanner_info(images, scanners),
+        "intensity": dict(INTENSITY_CARD, clip_max=cfg.clip_max),
+        "training": {
+            "steps": step,
+            "total_steps": opts.steps,
+            "patch_size": opts.patch_size,
+            "lr": opts.lr,
+            "seed": opts.seed,
+            "world_size": world,
+            "device": dev.type,
+            "amp_bf16": opts.amp,
+            "elastic_p": opts.elastic_p,
+            "content_d_every": opts.content_d_every,
+            "data": data_summary or {},
+        },
+        "loss_weights": LossWeights().to_dict(),
+        "versions": versions(),
+    }
+
+
+def train(
+    images: list[TrainImage],
+    scanners: list[str],
+    opts: TrainOptions,
+    *,
+    resume: bool = False,
+    data_summary: dict | None = None,
+) -> Path:
+    """Train DISARM on ``images`` (labels in the order of ``scanners``); returns OUT/model."""
+    out = Path(opts.out_dir)
+    latest = out / "latest.json"
+    device = resolve_device(opts.device)
+    rank, world, device = _dist_setup(device)
+    if resume and not latest.is_file():
+        raise TrainingError(f"--resume: no checkpoint to resume from in {out}")
+    if not resume and latest.is_file():
+        raise TrainingError(f"{out} already holds a training run; use --resume or another --out")
+    cfg = get_config(opts.config, n_scanners=len(scanners), **opts.config_overrides)
+
+    torch.manual_seed(opts.seed)  # identical initial weights on every rank
+    model = Disarm(cfg).to(device)
+    trainer = DisarmTrainer(
+        model, opts.steps, lr=opts.lr, content_d_every=opts.content_d_every, amp=opts.amp
+    )
+    start = 0
+    if resume:
+        ckpt = out / json.loads(latest.read_text())["checkpoint"]
+        card = read_card(ckpt)
+        if card["scanners"] != list(scanners) or card["config"] != cfg.to_dict():
+            raise TrainingError(f"{ckpt} was trained with other scanners or another configuration")
+        loaded, _ = load_model(ckpt, device)
+        model.load_state_dict(loaded.state_dict())
+        state = load_training_state(ckpt)
+        trainer.load_state_dict(state["trainer"])
+        start = int(state["step"])
+        if start >= opts.steps:
+            raise TrainingError(f"{ckpt} is already at step {start} >= --steps {opts.steps}")
+    if world > 1:
+        for p in model.parameters():
+            dist.broadcast(p.data, 0)
+
+    # stochastic parts (noise, codes, sampling) depend on (seed, rank, first step): a resumed
+    # run is reproducible from its checkpoint
+    torch.manual_seed(opts.seed + 100_003 * rank + start)
+    sampler = PairSampler(
+        images,
+        scanners,
+        patch_size=opts.patch_size,
+        elastic_p=opts.elastic_p,
+        clip_max=cfg.clip_max,
+        seed=[opts.seed, rank, start],
+    )
+    if rank == 0:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    codes_at: dict[int, dict] = {}
+
+    def save(step: int, final: bool = False) -> Path:
+        if step not in codes_at:  # the final model reuses the last checkpoint's codes
+            codes_at.clear()
+            codes_at[step] = scanner_codes(model, sampler, opts.code_images, opts.seed)
+        codes = codes_at[step]
+        card = _card(opts, cfg, scanners, codes, images, step, world, device, data_summary)
+        state = model.state_dict()
+        if final:
+            return write_model_dir(out / "model", state, card)
+        name = f"checkpoints/step-{step:06d}"
+        tstate = {"step": step, "seed": opts.seed, "trainer": trainer.state_dict()}
+        write_model_dir(out / name, state, card, training_state=tstate)
+        _atomic_json(latest, {"checkpoint": name, "step": step})
+        olds = sorted((out / "checkpoints").glob("step-*"))[: -max(1, opts.keep_checkpoints)]
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
+        return out / name
+
+    from tqdm import tqdm
+
+    log = None
+    if rank == 0:
+        log = open(out / "losses.tsv", "a")  # noqa: SIM115 - closed in finally
+    prefetch = Prefetcher(sampler)
+    bar = tqdm(total=opts.steps, initial=start, disable=not opts.progress or rank != 0, unit="it")
+    header_done = (out / "losses.tsv").stat().st_size > 0 if rank == 0 else True
+    t0 = time.perf_counter()
+    try:
+        for step in range(start, opts.steps):
+            xa, xb, ka, kb = prefetch.next()
+            n = len(scanners)
+            losses = trainer.step(
+                xa.to(device), xb.to(device), one_hot([ka], n, device), one_hot([kb], n, device)
+            )
+            bar.update(1)
+            bar.set_postfix(
+                {
+                    k: f"{losses[k]:.3f}"
+                    for k in ("rec", "cc", "adv_s", "cls_s", "lat", "D_b")
+                    if k in losses
+                }  # fmt: skip
+            )
+            if log is not None:
+                if not header_done:
+                    log.write("\t".join(["step", "lr", *losses]) + "\n")
+                    header_done = True
+                vals = [f"{v:.5g}" for v in losses.values()]
+                log.write("\t".join([str(step + 1), f"{trainer.lr():.3g}", *vals]) + "\n")
+                log.flush()
+            done = step + 1
+            if rank == 0 and (done % opts.checkpoint_every == 0 or done == opts.steps):
+                save(done)
+        final = out / "model"
+        if rank == 0:
+            final = save(opts.steps, final=True)
+    finally:
+        prefetch.close()
+        bar.close()
+        if log is not None:
+            log.close()
+        if world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    if rank == 0 and opts.progress:
+        secs = time.perf_counter() - t0
+        print(f"trained {opts.steps - start} steps in {secs:.0f} s -> {final}")
+    return final
+
+
+def asdict_options(opts: TrainOptions) -> dict:
+    d = asdict(opts)
+    d["out_dir"] = str(d["out_dir"])
+    return d
+
+
+__all__ += ["CheckpointError", "asdict_options", "scanner_codes"]
