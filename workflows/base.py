@@ -24,10 +24,12 @@ def init_disarm_wf(config: Config, inputs: list[T1wInput]) -> pe.Workflow:
 
 
 def init_single_t1w_wf(config: Config, t1w: T1wInput, template) -> pe.Workflow:
-    """Preprocess one T1w image and store its derivatives.
+    """Preprocess and harmonize one T1w image, and store its derivatives.
 
+    preprocessing (:func:`workflows.preproc.init_preproc_wf`) -> harmonization
+    (:func:`workflows.harmonize.init_harmonize_wf`, unless ``--harmonize none``) -> optional
+    resampling back to native space -> BIDS-Derivatives sinks (:mod:`workflows.outputs`).
     The workflow has no inputnode: the T1w file is fixed when the graph is built.
-    Outputs are written by the datasinks of :func:`workflows.outputs.init_ds_preproc_wf`.
     """
     from workflows.outputs import init_ds_preproc_wf
     from workflows.preproc import init_preproc_wf
@@ -55,4 +57,49 @@ def init_single_t1w_wf(config: Config, t1w: T1wInput, template) -> pe.Workflow:
         ]),
     ])
     # fmt: on
+    if config.harmonize_mode is None:
+        return workflow
+
+    from workflows.harmonize import init_harmonize_wf
+    from workflows.outputs import harmonized_desc, init_ds_harmonized_wf
+
+    native = "T1w" in config.output_spaces
+    harmonize_wf = init_harmonize_wf(
+        mode=config.harmonize_mode,
+        target_scanner=config.target_scanner,
+        model_dir=config.model_dir,
+        device=config.device,
+        seed=config.seed,
+        omp_nthreads=config.omp_nthreads,
+    )
+    ds_harmonized_wf = init_ds_harmonized_wf(
+        output_dir=config.output_dir,
+        t1w=t1w,
+        space=template.space,
+        resolution=config.output_resolution,
+        desc=harmonized_desc(config.harmonize_mode, config.target_scanner),
+        native=native,
+    )
+    # fmt: off
+    workflow.connect([
+        (preproc_wf, harmonize_wf, [("outputnode.t1w_preproc", "inputnode.in_file")]),
+        (harmonize_wf, ds_harmonized_wf, [("outputnode.out_file", "inputnode.harmonized"),
+                                          ("outputnode.metadata", "inputnode.metadata")]),
+        (ds_preproc_wf, ds_harmonized_wf, [("outputnode.t1w_preproc", "inputnode.preproc_file")]),
+    ])
+    # fmt: on
+    if native:
+        from workflows.resampling import init_to_native_wf
+
+        to_native_wf = init_to_native_wf(backend=config.backend, omp_nthreads=config.omp_nthreads)
+        # fmt: off
+        workflow.connect([
+            (harmonize_wf, to_native_wf, [("outputnode.out_file", "inputnode.in_file")]),
+            (preproc_wf, to_native_wf, [("outputnode.xfm", "inputnode.xfm"),
+                                        ("outputnode.t1w_reoriented", "inputnode.reference")]),
+            (to_native_wf, ds_harmonized_wf, [
+                ("outputnode.out_file", "inputnode.harmonized_native"),
+            ]),
+        ])
+        # fmt: on
     return workflow

@@ -160,3 +160,131 @@ def init_ds_preproc_wf(
     ])
     # fmt: on
     return workflow
+
+
+def harmonized_desc(mode: str, target: str | None) -> str:
+    """``harmonized`` for the scanner-free space, ``harmonizedTo<Target>`` for a target scanner."""
+    if mode == "target" and target:
+        return "harmonizedTo" + "".join(ch for ch in target.title() if ch.isalnum())
+    return "harmonized"
+
+
+def _harmonized_metadata(harmonization: dict, sources: list) -> dict:
+    harmonization = dict(harmonization)
+    versions = harmonization.pop("SoftwareVersions", {})
+    return {
+        "Sources": sources,
+        "SkullStripped": False,
+        "Harmonization": harmonization,
+        "PipelineVersions": versions,
+    }
+
+
+def init_ds_harmonized_wf(
+    *,
+    output_dir: Path,
+    t1w: T1wInput,
+    space: str,
+    resolution: int,
+    desc: str,
+    native: bool,
+    name: str = "ds_harmonized_wf",
+) -> pe.Workflow:
+    """Store the harmonized image of one T1w input (and its native-space version).
+
+    Writes ``<source>_space-<space>_desc-<desc>_T1w.nii.gz`` (+ JSON), and with ``native``
+    ``<source>_space-T1w_desc-<desc>_T1w.nii.gz`` (+ JSON).
+
+    Inputs (``inputnode``)
+    ----------------------
+    harmonized
+        harmonized image on the template grid
+    harmonized_native
+        (``native`` only) the same, resampled to the input's (reoriented) grid
+    metadata
+        provenance of the harmonization (from ``DisarmHarmonize``)
+    preproc_file
+        the stored desc-preproc derivative it was made from
+
+    Outputs (``outputnode``)
+    ------------------------
+    harmonized, harmonized_native
+        paths of the stored derivatives
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(
+            fields=["harmonized", "harmonized_native", "metadata", "preproc_file"]
+        ),
+        name="inputnode",
+    )
+    outputnode = pe.Node(
+        niu.IdentityInterface(fields=["harmonized", "harmonized_native"]), name="outputnode"
+    )
+
+    def _sources(preproc_file: str, output_dir: str, raw_source: str) -> list:
+        from pathlib import Path
+
+        return [f"bids::{Path(preproc_file).relative_to(output_dir).as_posix()}", raw_source]
+
+    sources = pe.Node(
+        niu.Function(
+            function=_sources,
+            input_names=["preproc_file", "output_dir", "raw_source"],
+            output_names=["sources"],
+        ),
+        name="sources",
+    )
+    sources.inputs.output_dir = str(output_dir)
+    sources.inputs.raw_source = f"bids:raw:{t1w.relpath}"
+    metadata = pe.Node(
+        niu.Function(
+            function=_harmonized_metadata,
+            input_names=["harmonization", "sources"],
+            output_names=["metadata"],
+        ),
+        name="metadata",
+    )
+    ds_harmonized = pe.Node(
+        DerivativesDataSink(
+            base_directory=str(output_dir),
+            source_entities=t1w.entities,
+            space=space,
+            desc=desc,
+            suffix="T1w",
+        ),
+        name="ds_harmonized",
+        run_without_submitting=True,
+    )
+    if resolution != 1:
+        ds_harmonized.inputs.res = str(resolution)
+    # fmt: off
+    workflow.connect([
+        (inputnode, sources, [("preproc_file", "preproc_file")]),
+        (inputnode, metadata, [("metadata", "harmonization")]),
+        (sources, metadata, [("sources", "sources")]),
+        (metadata, ds_harmonized, [("metadata", "metadata")]),
+        (inputnode, ds_harmonized, [("harmonized", "in_file")]),
+        (ds_harmonized, outputnode, [("out_file", "harmonized")]),
+    ])
+    # fmt: on
+    if native:
+        ds_native = pe.Node(
+            DerivativesDataSink(
+                base_directory=str(output_dir),
+                source_entities=t1w.entities,
+                space="T1w",
+                desc=desc,
+                suffix="T1w",
+            ),
+            name="ds_harmonized_native",
+            run_without_submitting=True,
+        )
+        # fmt: off
+        workflow.connect([
+            (metadata, ds_native, [("metadata", "metadata")]),
+            (inputnode, ds_native, [("harmonized_native", "in_file")]),
+            (ds_native, outputnode, [("out_file", "harmonized_native")]),
+        ])
+        # fmt: on
+    return workflow

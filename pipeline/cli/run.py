@@ -149,6 +149,27 @@ def _configure_nipype(config: Config) -> None:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(config.omp_nthreads)
 
 
+def check_model(config: Config) -> None:
+    """Load the model once before anything runs: a missing or corrupt model, or an unknown
+    target scanner, is a usage error, not a crash in the middle of the workflow."""
+    if config.harmonize_mode is None:
+        return
+    from models.checkpoint import CheckpointError
+    from models.harmonize import Harmonizer
+
+    try:
+        harmonizer = Harmonizer.from_dir(config.model_dir, device="cpu")
+    except CheckpointError as err:
+        raise UserError(f"cannot use the DISARM model: {err}", ExitCode.USAGE) from None
+    target = config.target_scanner
+    if target is not None and target not in harmonizer.scanners:
+        raise UserError(
+            f"unknown target scanner {target!r}; the model knows: "
+            + ", ".join(harmonizer.scanners),
+            ExitCode.USAGE,
+        )
+
+
 def run_participant(config: Config) -> int:
     from pipeline.bids import check_t1w_image, collect_t1w, load_layout, write_dataset_description
     from workflows.base import init_disarm_wf
@@ -159,6 +180,7 @@ def run_participant(config: Config) -> int:
     )
     for t1w in inputs:
         check_t1w_image(t1w.path)
+    check_model(config)
     _writable_dir(config.output_dir, "output_dir")
     _writable_dir(config.work_dir, "work dir")
     print(

@@ -1,0 +1,95 @@
+"""The DISARM harmonization node: a thin Nipype bridge to :mod:`models.harmonize`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from pipeline.provenance import software_versions
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _DisarmHarmonizeInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="3D T1w image on the model's template grid")
+    model = traits.Directory(exists=True, desc="trained model folder (default: the shipped one)")
+    mode = traits.Enum(
+        "scanner-free",
+        "target",
+        "reference",
+        usedefault=True,
+        desc="scanner-free space, a training scanner or a reference scanner",
+    )
+    target_scanner = traits.Str(desc="training scanner name (mode target)")
+    reference_file = File(exists=True, desc="image whose scanner to imitate (mode reference)")
+    device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="where the network runs")
+    seed = traits.Int(0, usedefault=True, desc="random seed (recorded)")
+    num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
+    # Nipype's MultiProc counts nodes with a true ``use_gpu`` against ``n_gpu_procs``.
+    use_gpu = traits.Bool(False, usedefault=True, desc="set when the node runs on CUDA")
+
+
+class _DisarmHarmonizeOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="harmonized image, input's grid, affine and header")
+    out_json = File(exists=True, desc="provenance: mode, target, model, sha256, seed, versions")
+    metadata = traits.Dict(desc="the content of out_json")
+
+
+class DisarmHarmonize(SimpleInterface):
+    """Harmonize one T1w image with a trained DISARM model.
+
+    >>> from pipeline.interfaces.disarm import DisarmHarmonize
+    >>> node = DisarmHarmonize(mode="scanner-free", seed=0)
+    >>> node.inputs.use_gpu
+    False
+    """
+
+    input_spec = _DisarmHarmonizeInputSpec
+    output_spec = _DisarmHarmonizeOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nb
+        import torch
+
+        from models.harmonize import Harmonizer
+
+        torch.set_num_threads(max(1, self.inputs.num_threads))
+        model = self.inputs.model if isdefined(self.inputs.model) else None
+        target = self.inputs.target_scanner if isdefined(self.inputs.target_scanner) else None
+        reference = None
+        if isdefined(self.inputs.reference_file):
+            reference = nb.load(self.inputs.reference_file)
+        harmonizer = Harmonizer.from_dir(model, device=resolve_device(self.inputs.device))
+        image = nb.load(self.inputs.in_file)
+        out_img, provenance = harmonizer.harmonize(
+            image,
+            mode=self.inputs.mode,
+            target=target,
+            reference=reference,
+            seed=self.inputs.seed,
+        )
+        provenance = {**provenance, "SoftwareVersions": software_versions(torch=True)}
+        out_file = Path(runtime.cwd) / "harmonized_T1w.nii.gz"
+        nb.save(out_img, str(out_file))
+        out_json = out_file.with_suffix("").with_suffix(".json")
+        out_json.write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
+        self._results["out_file"] = str(out_file)
+        self._results["out_json"] = str(out_json)
+        self._results["metadata"] = json.loads(out_json.read_text())
+        return runtime
