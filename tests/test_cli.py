@@ -137,14 +137,15 @@ def test_work_dir_inside_bids_dir(good_bids, tmp_path):
 
 def test_output_dir_is_a_file(good_bids, tmp_path):
     (tmp_path / "out").write_text("a file")
-    proc = run_cli(good_bids, tmp_path / "out", "participant", "-w", tmp_path / "work")
+    proc = run_cli(good_bids, tmp_path / "out", "participant", "-w", tmp_path / "work",
+                   "--harmonize", "none")
     _assert_one_line_error(proc, ExitCode.CANT_CREATE, "cannot write the output_dir")
 
 
 def test_read_only_output_dir(good_bids, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    args = [good_bids, out, "participant", "-w", tmp_path / "work"]
+    args = [good_bids, out, "participant", "-w", tmp_path / "work", "--harmonize", "none"]
     if (
         shutil.which("unshare")
         and subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
