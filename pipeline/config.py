@@ -33,6 +33,7 @@ class Config:
     stop_on_first_crash: bool = False
     clean_workdir: bool = False
     reports: bool = True
+    scanner_field: str = "ManufacturersModelName"
     verbosity: int = 0
 
     @property

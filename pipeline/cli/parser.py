@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-reports", dest="reports", action="store_false", help="skip HTML reports"
     )
 
+    group = parser.add_argument_group("Group level")
+    group.add_argument(
+        "--scanner-field",
+        default="ManufacturersModelName",
+        metavar="FIELD",
+        help="sidecar field that names the scanner of each image",
+    )
+
     perf = parser.add_argument_group("Resources and execution")
     perf.add_argument(
         "-w", "--work-dir", metavar="DIR", default="work", help="Nipype working directory (cache)"

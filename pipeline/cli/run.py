@@ -111,6 +111,7 @@ def build_config(argv: list[str] | None = None) -> Config:
         stop_on_first_crash=opts.stop_on_first_crash,
         clean_workdir=opts.clean_workdir,
         reports=opts.reports,
+        scanner_field=opts.scanner_field,
         verbosity=opts.verbosity,
     )
 
@@ -202,6 +203,12 @@ def run_participant(config: Config) -> int:
             file=sys.stderr,
         )
         return int(ExitCode.FAILURE)
+    if config.reports:
+        from pipeline.reports import generate_participant_report
+
+        for subject in sorted({t1w.subject for t1w in inputs}):
+            report = generate_participant_report(config.output_dir, subject, config.bids_dir)
+            print(f"disarm-pipeline: report {report}", file=sys.stderr)
     if config.clean_workdir:
         shutil.rmtree(config.work_dir / "disarm_wf", ignore_errors=True)
     print(f"disarm-pipeline: done, outputs in {config.output_dir}", file=sys.stderr)
@@ -209,8 +216,25 @@ def run_participant(config: Config) -> int:
 
 
 def run_group(config: Config) -> int:
-    print("disarm-pipeline: the group level is not yet implemented", file=sys.stderr)
-    return int(ExitCode.FAILURE)
+    from pipeline.group import format_summary, run_group_level
+
+    if not (config.output_dir / "dataset_description.json").is_file():
+        raise UserError(
+            f"{config.output_dir} holds no participant-level outputs: run the participant "
+            "level first",
+            ExitCode.NO_INPUT,
+        )
+    _writable_dir(config.output_dir, "output_dir")
+    paths = run_group_level(
+        config.output_dir,
+        config.bids_dir,
+        scanner_field=config.scanner_field,
+        participant_label=config.participant_label or None,
+        seed=config.seed,
+    )
+    print(format_summary(paths))
+    print(f"disarm-pipeline: group report {paths['html']}", file=sys.stderr)
+    return int(ExitCode.SUCCESS)
 
 
 def main(argv: list[str] | None = None) -> int:
