@@ -90,7 +90,12 @@ def _scanner_labels(
         labels.append(str(value))
     if missing:
         known = sorted(
-            {k for o in outputs for k, v in o.preproc_meta.items() if isinstance(v, str | int)}
+            {
+                k
+                for o in outputs
+                for k, v in o.preproc_meta.items()
+                if isinstance(v, str | int | float) and not isinstance(v, bool)
+            }
             - {"Sources"}
         )
         raise UserError(
@@ -668,7 +673,7 @@ def _write_html(
         "<h2>Files</h2><ul>",
         *(
             f'<li><a href="{html.escape(p.name)}">{html.escape(p.name)}</a></li>'
-            for k, p in sorted(paths.items())
+            for p in sorted(paths.values(), key=lambda p: p.name)
         ),
         "</ul>",
     ]
