@@ -1,0 +1,53 @@
+"""FSL interfaces whose command lines must match the reference (METHOD.md) character for character.
+
+Nipype's ``fsl.FAST`` writes ``-H`` as ``%.2f`` (``-H 0.10``) and only takes an integer
+``-l`` (``-l 20``); the reference script passes ``-H 0.1 -l 20.0``. Same values, but we keep
+the reference's text so that a command line can be compared with it directly.
+"""
+
+from __future__ import annotations
+
+from nipype.interfaces import fsl
+from nipype.interfaces.base import traits
+from nipype.interfaces.fsl.preprocess import FASTInputSpec
+
+
+class _FASTInputSpec(FASTInputSpec):
+    hyper = traits.Range(low=0.0, high=1.0, argstr="-H %g", desc="segmentation smoothness")
+    bias_lowpass = traits.Range(
+        low=4.0, high=40.0, argstr="-l %.1f", desc="bias field smoothing (FWHM, mm)"
+    )
+
+
+class FAST(fsl.FAST):
+    """``fsl.FAST`` printing ``-H`` and ``-l`` the way the reference script does."""
+
+    input_spec = _FASTInputSpec
+
+
+#: ``fast`` options of the reference, as Nipype inputs (``-t 1 -n 3 -H 0.1 -I 4 -l 20.0
+#: --nopve -B``), plus ``-b`` to keep the bias field.
+FAST_REFERENCE = {
+    "img_type": 1,
+    "number_classes": 3,
+    "hyper": 0.1,
+    "bias_iters": 4,
+    "bias_lowpass": 20.0,
+    "no_pve": True,
+    "output_biascorrected": True,
+    "output_biasfield": True,
+}
+
+#: ``flirt`` options of the reference (``-bins 256 -cost corratio -searchrx -90 90 -searchry
+#: -90 90 -searchrz -90 90 -dof 12 -interp trilinear``).
+FLIRT_REFERENCE = {
+    "bins": 256,
+    "cost": "corratio",
+    "searchr_x": [-90, 90],
+    "searchr_y": [-90, 90],
+    "searchr_z": [-90, 90],
+    "dof": 12,
+    "interp": "trilinear",
+}
+
+__all__ = ["FAST", "FAST_REFERENCE", "FLIRT_REFERENCE"]
