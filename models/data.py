@@ -192,7 +192,9 @@ class PairSampler:
         if size is None:
             start, box = (0, 0, 0), shape
         else:
-            box = (max(size, _ELASTIC_MIN),) * 3 if deform else (size,) * 3
+            # elastic region: >= 128 voxels (no folding), but no larger than the volume needs
+            side = max(size, min(_ELASTIC_MIN, max(shape))) if deform else size
+            box = (side,) * 3
             centre = vol.centres[rng.integers(len(vol.centres))] + rng.integers(0, 4, 3)
             start = tuple(int(c) - b // 2 for c, b in zip(centre, box, strict=True))
         if im.profile is None:

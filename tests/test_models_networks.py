@@ -1,0 +1,104 @@
+"""DISARM networks: reference sizes, any input size, both configurations."""
+
+import pytest
+import torch
+
+from models.disarm import Disarm, one_hot
+from models.networks import (
+    AnatomyEncoder,
+    ContentDiscriminator,
+    Generator,
+    ImageDiscriminator,
+    NetworkConfig,
+    ScannerEncoder,
+    get_config,
+    reference_config,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP synchronisation costs on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_reference_parameter_counts():
+    """E_b, E_s and G have exactly the reference code's sizes (16k, 64k, 93k for C=5)."""
+    cfg = reference_config(5)
+    assert n_params(AnatomyEncoder(cfg)) == 16136
+    assert n_params(ScannerEncoder(cfg)) == 63832
+    assert n_params(Generator(cfg)) == 92581
+    assert 20_000 < n_params(ContentDiscriminator(cfg)) < 30_000
+
+
+@pytest.mark.parametrize("name", ["reference", "fast"])
+@pytest.mark.parametrize("size", [(16, 16, 16), (17, 20, 23), (9, 31, 12)])
+def test_any_size_round_trip(name, size):
+    torch.manual_seed(0)
+    model = Disarm(get_config(name, n_scanners=3)).eval()
+    x = torch.rand(2, 1, *size) * 2 - 1
+    c = one_hot([0, 2], 3)
+    with torch.no_grad():
+        zb, x_pad = model.content(x)
+        mu, logvar = model.scanner(x, c)
+        y = model.generate(zb, mu, c, x_pad, size)
+        logits_b = model.dis_b(zb)
+        patch, cls = model.dis_enc(y)
+    f = model.cfg.factor
+    assert zb.shape[:2] == (2, 8)
+    assert tuple(zb.shape[2:]) == tuple(
+        -(-s // f) * f // 2 // model.cfg.io_downsample for s in size
+    )
+    assert mu.shape == logvar.shape == (2, 8)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert logits_b.shape == (2, 3) and cls.shape == (2, 3) and patch.shape[:2] == (2, 1)
+
+
+def test_image_discriminator_tiny_input():
+    d = ImageDiscriminator(reference_config(2))
+    patch, cls = d(torch.randn(1, 1, 5, 6, 7))
+    assert cls.shape == (1, 2) and torch.isfinite(patch).all()
+
+
+def test_fast_generator_starts_as_identity():
+    """The affine head starts at zero: a new fast model returns its input exactly."""
+    model = Disarm(get_config("fast", n_scanners=2)).eval()
+    x = torch.rand(1, 1, 13, 14, 15)
+    c = one_hot([1], 2)
+    with torch.no_grad():
+        zb, x_pad = model.content(x)
+        y = model.generate(zb, torch.randn(1, 8), c, x_pad, (13, 14, 15))
+    torch.testing.assert_close(y, x)
+
+
+def test_fast_output_keeps_fine_detail():
+    """A non-trivial affine head changes contrast smoothly but keeps 1-voxel detail."""
+    torch.manual_seed(1)
+    model = Disarm(get_config("fast", n_scanners=2)).eval()
+    torch.nn.init.normal_(model.gen.head.weight, 0, 0.05)
+    x = torch.zeros(1, 1, 24, 24, 24)
+    x[..., ::2, :, :] = 1.0  # a 1-voxel stripe pattern, invisible at half resolution
+    with torch.no_grad():
+        zb, x_pad = model.content(x)
+        y = model.generate(zb, torch.zeros(1, 8), one_hot([0], 2), x_pad, (24, 24, 24))
+    stripes = (y[..., ::2, :, :] - y[..., 1::2, :, :]).abs().mean()
+    assert not torch.allclose(y, x)
+    assert stripes > 0.5
+
+
+def test_config_round_trip_and_errors():
+    cfg = get_config("fast", n_scanners=4, z_dim=6)
+    assert NetworkConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown network configuration"):
+        get_config("huge")
+    with pytest.raises(ValueError, match="unknown"):
+        NetworkConfig.from_dict({"bogus": 1})
+    with pytest.raises(ValueError):
+        NetworkConfig(n_scanners=1)
