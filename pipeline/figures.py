@@ -226,9 +226,12 @@ def plot_ssim(values: Mapping[str, np.ndarray], path: Path) -> Path:
     """Box plot of SSIM per comparison (input vs harmonized, random pairs of subjects)."""
     fig = Figure(figsize=(1.6 + 1.4 * len(values), 3.4))
     ax = fig.subplots()
-    labels = list(values)
-    data = [np.asarray(values[k], dtype=float) for k in labels]
-    ax.boxplot(data, tick_labels=labels, showmeans=True)
+    labels = [k for k in values if len(values[k])]
+    if labels:
+        ax.boxplot([np.asarray(values[k], dtype=float) for k in labels], showmeans=True)
+        ax.set_xticks(range(1, len(labels) + 1), labels)  # boxplot's keyword changed in 3.9
+    else:
+        ax.text(0.5, 0.5, "no pairs to compare", ha="center", va="center")
     ax.set_ylabel("SSIM")
     ax.set_ylim(0, 1.02)
     ax.tick_params(axis="x", labelsize=7, rotation=15)
