@@ -40,7 +40,7 @@ from .checkpoint import (
 from .data import PairSampler, Prefetcher, TrainImage
 from .disarm import Disarm, DisarmTrainer, one_hot
 from .losses import LossWeights
-from .networks import get_config
+from .networks import NetworkConfig, get_config
 
 __all__ = ["TrainOptions", "TrainingError", "resolve_device", "train", "INTENSITY_CARD"]
 
@@ -198,7 +198,8 @@ def train(
     if resume:
         ckpt = out / json.loads(latest.read_text())["checkpoint"]
         card = read_card(ckpt)
-        if card["scanners"] != list(scanners) or card["config"] != cfg.to_dict():
+        same_cfg = NetworkConfig.from_dict(card["config"]) == cfg
+        if card["scanners"] != list(scanners) or not same_cfg:
             raise TrainingError(f"{ckpt} was trained with other scanners or another configuration")
         loaded, _ = load_model(ckpt, device)
         model.load_state_dict(loaded.state_dict())
