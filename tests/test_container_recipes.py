@@ -259,16 +259,13 @@ def test_cli_reports_the_backend_it_picked(fake_fsl, tmp_path):
 
     bids = write_bids(tmp_path / "bids", {"sub-01/anat/sub-01_T1w.nii.gz": blob((40, 48, 40))})
     done = run_cli(
-        bids,
-        tmp_path / "out",
-        "participant",
-        "-w",
-        tmp_path / "work",
-        "--nprocs",
-        "1",
-        "--stop-on-first-crash",
-        "--no-reports",
+        bids, tmp_path / "out", "participant", "-w", tmp_path / "work",
+        "--nprocs", "1", "--stop-on-first-crash", "--no-reports", "--harmonize", "none",
         timeout=300,
-    )
-    # The stub FSL tools fail the run; the backend line comes before any processing.
+    )  # fmt: skip
+    # The stub FSL tools fail the run (exit 1); the backend line comes before any processing.
     assert "backend fsl" in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 1, done.stderr[-2000:]
+    # ...and the node that failed ran FSL's fslreorient2std (our stub): the fsl workflow was built.
+    crashes = list((tmp_path / "work" / "crash").glob("crash-*.txt"))
+    assert any("fslreorient2std" in crash.read_text() for crash in crashes), crashes
