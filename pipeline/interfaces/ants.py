@@ -250,13 +250,17 @@ def apply_inverse_affine(
 
     fixed = ants.image_read(str(reference), pixeltype="float")
     moving = ants.image_read(str(in_file), pixeltype="float")
-    out = ants.apply_transforms(
-        fixed=fixed,
-        moving=moving,
-        transformlist=[str(xfm_file)],
-        whichtoinvert=[True],
-        interpolator=interpolation,
-    )
+    with tempfile.TemporaryDirectory(prefix="disarm-inv-") as tmp:
+        # antspyx only inverts transforms named *.mat: the same affine, binary ITK format
+        mat = str(Path(tmp) / "xfm.mat")
+        ants.write_transform(ants.read_transform(str(xfm_file)), mat)
+        out = ants.apply_transforms(
+            fixed=fixed,
+            moving=moving,
+            transformlist=[mat],
+            whichtoinvert=[True],
+            interpolator=interpolation,
+        )
     _save_like(out.numpy(), nb.load(str(reference)), out_file)
     return Path(out_file)
 

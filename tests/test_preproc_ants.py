@@ -1,0 +1,218 @@
+"""The ants preprocessing backend, run for real (N4, brain extraction, affine) on small heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+from nibabel.processing import resample_to_output
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+from scipy import ndimage
+
+from pipeline.interfaces.ants import ApplyInverseAffine, reorient_to_std
+from pipeline.qc import alignment_ncc
+from pipeline.templates import get_template
+from workflows.preproc import OUTPUT_FIELDS, init_preproc_wf
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DISARM_CACHE", str(tmp_path_factory.mktemp("cache")))
+    mp.delenv("FSLDIR", raising=False)
+    yield get_template("ants", resolution=2)
+    mp.undo()
+
+
+def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
+    cx, cy, cz = np.cos([rx, ry, rz])
+    sx, sy, sz = np.sin([rx, ry, rz])
+    rot_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    rot_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rot_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rot_z @ rot_y @ rot_x
+
+
+def make_head(template, out_file: Path, seed: int = 0) -> Path:
+    """A fake 3 mm head: template brain + dark skull + bright scalp shell, a smooth bias,
+    noise, a random rigid motion, stored PSR like the IXI heads."""
+    rng = np.random.default_rng(seed)
+    brain_img = nb.load(template.brain)
+    brain = brain_img.get_fdata(dtype=np.float32)
+    brain *= 200.0 / brain.max()  # nilearn's template is scaled to [0, 1]
+    zooms = np.asarray(brain_img.header.get_zooms()[:3])
+    dist = ndimage.distance_transform_edt(nb.load(template.mask).get_fdata() == 0, zooms)
+    head = brain.copy()
+    head[(dist > 2) & (dist <= 7)] = 5.0  # skull: dark
+    head[(dist > 7) & (dist <= 12)] = 0.7 * np.percentile(brain[brain > 0], 90)  # scalp
+    ii, jj, kk = np.meshgrid(*[np.linspace(-1, 1, s) for s in head.shape], indexing="ij")
+    head *= (1.0 + 0.25 * ii - 0.2 * kk).astype(np.float32)  # a smooth multiplicative bias
+    head += np.abs(rng.normal(0, 3, head.shape)).astype(np.float32)
+    motion = np.eye(4)
+    motion[:3, :3] = _rotation(*np.deg2rad(rng.uniform(-12, 12, 3)))
+    motion[:3, 3] = rng.uniform(-10, 10, 3)
+    img = nb.Nifti1Image(head, motion @ brain_img.affine)
+    img = resample_to_output(img, voxel_sizes=(3.0, 3.0, 3.0), order=1)  # small: fast tests
+    img = nb.Nifti1Image(np.clip(img.get_fdata(), 0, 255).astype(np.uint8), img.affine)
+    ornt = nb.orientations.ornt_transform(
+        nb.orientations.io_orientation(img.affine), nb.orientations.axcodes2ornt("PSR")
+    )
+    img = img.as_reoriented(ornt)
+    img.set_qform(img.affine, code=1)
+    img.to_filename(out_file)
+    return out_file
+
+
+def _pack(**kwargs):
+    return kwargs
+
+
+def run_preproc(in_file: Path, template, base_dir: Path, nthreads: int = 2) -> dict:
+    """Run init_preproc_wf and return the outputnode's values (identity nodes are pruned
+    at run time, so a Function node collects them)."""
+    wf = init_preproc_wf(backend="ants", template=template, omp_nthreads=nthreads)
+    collect = pe.Node(
+        niu.Function(input_names=OUTPUT_FIELDS, output_names=["out"], function=_pack),
+        name="collect",
+    )
+    outputnode = wf.get_node("outputnode")
+    wf.connect([(outputnode, collect, [(f, f) for f in OUTPUT_FIELDS])])
+    wf.base_dir = str(base_dir)
+    wf.inputs.inputnode.in_file = str(in_file)
+    graph = wf.run()
+    node = next(n for n in graph.nodes() if n.name == "collect")
+    return node.result.outputs.out
+
+
+def check_outputs(out: dict, template, raw_file: Path) -> None:
+    grid = nb.load(template.grid)
+    pre = nb.load(out["t1w_preproc"])
+    assert pre.shape == grid.shape
+    np.testing.assert_allclose(pre.affine, grid.affine, atol=1e-4)
+    assert out["template_space"] == template.space == "MNI152NLin2009aSym"
+    assert out["alignment_ncc"] == pytest.approx(alignment_ncc(pre, template))
+    assert out["alignment_ncc"] > 0.8, out["alignment_ncc"]
+
+    raw, ro = nb.load(raw_file), nb.load(out["t1w_reoriented"])
+    assert nb.aff2axcodes(ro.affine) == ("L", "A", "S")
+    assert ro.get_data_dtype() == raw.get_data_dtype()
+    # the same value at the same world position: reorientation only permutes voxels
+    ijk = np.array([[3, 5, 7], [raw.shape[0] // 2, raw.shape[1] // 3, raw.shape[2] - 4]])
+    world = nb.affines.apply_affine(raw.affine, ijk)
+    ijk_ro = np.rint(nb.affines.apply_affine(np.linalg.inv(ro.affine), world)).astype(int)
+    raw_data, ro_data = np.asanyarray(raw.dataobj), np.asanyarray(ro.dataobj)
+    for a, b in zip(ijk, ijk_ro, strict=True):
+        assert raw_data[tuple(a)] == ro_data[tuple(b)]
+    assert np.array_equal(np.sort(raw_data, axis=None), np.sort(ro_data, axis=None))
+
+    bias = nb.load(out["bias_field"])
+    assert bias.shape == ro.shape
+    assert np.all(bias.get_fdata() > 0)
+    assert Path(out["xfm"]).suffix == ".txt"
+    assert Path(out["xfm"]).read_text().startswith("#Insight Transform File")
+
+
+@pytest.mark.slow
+def test_ants_preproc_synthetic_head(template, tmp_path):
+    raw = make_head(template, tmp_path / "sub-01_T1w.nii.gz")
+    first = run_preproc(raw, template, tmp_path / "work1")
+    check_outputs(first, template, raw)
+    # the smooth bias put into the fake head is found: left (i = -1) darker than right
+    bias = nb.load(first["bias_field"]).get_fdata()
+    assert bias[: bias.shape[0] // 4].mean() != pytest.approx(bias[-bias.shape[0] // 4 :].mean())
+
+    # a rerun in another working directory is bit-identical
+    second = run_preproc(raw, template, tmp_path / "work2")
+    for key in ("t1w_preproc", "bias_field", "t1w_reoriented"):
+        a, b = nb.load(first[key]), nb.load(second[key])
+        assert np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)), key
+    assert Path(first["xfm"]).read_text() == Path(second["xfm"]).read_text()
+
+    # back to native space with the inverse of the xfm: the brain lands where it was
+    node = pe.Node(
+        ApplyInverseAffine(
+            in_file=first["t1w_preproc"], xfm=first["xfm"], reference=first["t1w_reoriented"]
+        ),
+        name="to_native",
+        base_dir=str(tmp_path),
+    )
+    native = nb.load(node.run().outputs.out_file)
+    ro = nb.load(first["t1w_reoriented"])
+    assert native.shape == ro.shape
+    n4 = ro.get_fdata() / nb.load(first["bias_field"]).get_fdata()
+    inside = native.get_fdata() > 0
+    assert inside.mean() > 0.2
+    r = np.corrcoef(native.get_fdata()[inside], n4[inside])[0, 1]
+    assert r > 0.9, r
+
+
+def test_apply_inverse_affine_refuses_flirt_mat(tmp_path):
+    img = nb.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4))
+    img.to_filename(tmp_path / "a.nii.gz")
+    (tmp_path / "x.mat").write_text("1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n")
+    iface = ApplyInverseAffine(
+        in_file=str(tmp_path / "a.nii.gz"),
+        xfm=str(tmp_path / "x.mat"),
+        reference=str(tmp_path / "a.nii.gz"),
+    )
+    with pytest.raises(ValueError, match="convert_xfm"):
+        iface.run(cwd=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("shape", "fill", "message"),
+    [((8, 8, 8, 3), 1.0, "3D volume"), ((8, 8), 1.0, "3D volume"), ((8, 8, 8), np.nan, "NaN")],
+)
+def test_reorient_rejects_bad_images(tmp_path, shape, fill, message):
+    nb.Nifti1Image(np.full(shape, fill, np.float32), np.eye(4)).to_filename(tmp_path / "b.nii")
+    with pytest.raises(ValueError, match=message):
+        reorient_to_std(tmp_path / "b.nii", tmp_path / "out.nii.gz")
+
+
+def test_reorient_keeps_scaled_data_exactly(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 3000, (6, 7, 5)).astype(np.int16)
+    affine = np.array([[0, 0, 1.2, -3], [-1, 0, 0, 4], [0, 1, 0, -5], [0, 0, 0, 1]])
+    img = nb.Nifti1Image(data, affine)
+    img.header.set_slope_inter(0.37, 5.1)
+    img.to_filename(tmp_path / "s.nii.gz")
+    src = nb.load(tmp_path / "s.nii.gz")
+    out = nb.load(reorient_to_std(tmp_path / "s.nii.gz", tmp_path / "o.nii.gz"))
+    assert nb.aff2axcodes(out.affine) == ("L", "A", "S")
+    assert out.get_data_dtype() == np.int16
+    assert out.header.get_zooms() == pytest.approx((1.2, 1.0, 1.0))
+    expected = src.as_reoriented(
+        nb.orientations.ornt_transform(
+            nb.orientations.io_orientation(src.affine), nb.orientations.axcodes2ornt("LAS")
+        )
+    )
+    assert np.array_equal(out.get_fdata(), expected.get_fdata())
+    np.testing.assert_allclose(out.affine, expected.affine)
+
+
+def _shared_head(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("ixi-hh", "sub-IXI012", "anat", "sub-IXI012_T1w.nii.gz"),
+        ("philips-3t-1mm", "sub-01", "anat", "sub-01_T1w.nii.gz"),
+    ],
+    ids=["ixi-2mm", "philips-1mm"],
+)
+def test_ants_preproc_real_heads(template, tmp_path, parts):
+    raw = _shared_head(*parts)
+    out = run_preproc(raw, template, tmp_path / "work")
+    check_outputs(out, template, raw)
