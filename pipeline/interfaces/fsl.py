@@ -1,8 +1,8 @@
 """FSL interfaces whose command lines must match the reference (METHOD.md) character for character.
 
-Nipype's ``fsl.FAST`` writes ``-H`` as ``%.2f`` (``-H 0.10``) and only takes an integer
-``-l`` (``-l 20``); the reference script passes ``-H 0.1 -l 20.0``. Same values, but we keep
-the reference's text so that a command line can be compared with it directly.
+Nipype's ``fsl.FAST`` writes ``-H`` as ``%.2f`` (``-H 0.10``), only takes an integer ``-l``
+(``-l 20``) and adds ``-S 1``; the reference script passes ``-H 0.1 -l 20.0``. Same values,
+but we keep the reference's text so that a command line can be compared with it directly.
 """
 
 from __future__ import annotations
@@ -20,9 +20,19 @@ class _FASTInputSpec(FASTInputSpec):
 
 
 class FAST(fsl.FAST):
-    """``fsl.FAST`` printing ``-H`` and ``-l`` the way the reference script does."""
+    """``fsl.FAST`` printing ``-H`` and ``-l`` the way the reference script does.
+
+    Nipype also always writes ``-S <number of channels>``; with one image that is FAST's
+    default (``-S 1``), so it is left out to keep the reference command line.
+    """
 
     input_spec = _FASTInputSpec
+
+    def _format_arg(self, name, spec, value):
+        formatted = super()._format_arg(name, spec, value)
+        if name == "in_files" and len(value) == 1 and formatted.startswith("-S 1 "):
+            formatted = formatted[len("-S 1 ") :]
+        return formatted
 
 
 #: ``fast`` options of the reference, as Nipype inputs (``-t 1 -n 3 -H 0.1 -I 4 -l 20.0
