@@ -274,4 +274,12 @@ def write_dataset_description(output_dir: Path, bids_dir: Path) -> dict[str, Any
     if raw_description.get("License"):
         content["License"] = raw_description["License"]
     write_json_atomic(output_dir / "dataset_description.json", content)
+    readme = output_dir / "README.md"
+    if not readme.exists():
+        readme.write_text(
+            "# disarm-pipeline derivatives\n\nMade by disarm-pipeline from the BIDS dataset in "
+            "SourceDatasets: bias-corrected T1w heads affinely registered to an MNI template "
+            "(desc-preproc), DISARM-harmonized heads (desc-harmonized*), the affine transforms "
+            "and bias fields, with per-participant HTML reports and group-level statistics.\n"
+        )
     return content

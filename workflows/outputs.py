@@ -40,6 +40,7 @@ def _with_ncc(metadata: dict, alignment_ncc: float) -> dict:
 def preproc_metadata(t1w: T1wInput, backend: str, space: str, template_source: str) -> dict:
     """Sidecar of the preprocessed T1w: sources, scanner fields of the raw, steps, versions."""
     return {
+        "Description": "Bias-corrected whole head, affinely registered to the template grid",
         "Sources": [f"bids:raw:{t1w.relpath}"],
         "SkullStripped": False,
         **t1w.scanner_metadata,
@@ -140,6 +141,7 @@ def init_ds_preproc_wf(
             **base,
             metadata={
                 "Sources": sources,
+                "SkullStripped": False,
                 "Description": "Estimated multiplicative bias field "
                 "of the input, in its reoriented space",
             },
@@ -173,6 +175,8 @@ def _harmonized_metadata(harmonization: dict, sources: list) -> dict:
     harmonization = dict(harmonization)
     versions = harmonization.pop("SoftwareVersions", {})
     return {
+        "Description": "DISARM-harmonized whole head (mode "
+        f"{harmonization.get('mode', harmonization.get('Mode', '?'))})",
         "Sources": sources,
         "SkullStripped": False,
         "Harmonization": harmonization,
@@ -276,6 +280,7 @@ def init_ds_harmonized_wf(
                 space="T1w",
                 desc=desc,
                 suffix="T1w",
+                spatial_reference=f"bids:raw:{t1w.relpath}",
             ),
             name="ds_harmonized_native",
             run_without_submitting=True,

@@ -195,11 +195,13 @@ def run_participant(config: Config) -> int:
     plugin, plugin_args = _plugin_settings(config)
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
-    except RuntimeError as err:
+    except RuntimeError:
         LOGGER.debug("workflow error", exc_info=True)
+        crash_dir = config.work_dir / "crash"
+        crashes = sorted(crash_dir.glob("crash-*")) if crash_dir.is_dir() else []
         print(
-            f"disarm-pipeline: processing failed ({str(err).splitlines()[0]}); crash files in "
-            f"{config.work_dir / 'crash'}",
+            f"disarm-pipeline: processing failed: {len(crashes)} node(s) crashed; see the crash "
+            f"files in {crash_dir}",
             file=sys.stderr,
         )
         return int(ExitCode.FAILURE)

@@ -19,6 +19,17 @@ from nipype.interfaces.base import (
 from pipeline.bids import derivative_dir, derivative_name, write_json_atomic
 
 
+def _needs_rewrite(src: Path, dest: Path) -> bool:
+    """A NIfTI must be re-encoded when compression differs or its header lacks spatial units
+    (the BIDS validator asks for them; some tools leave them unset)."""
+    import nibabel as nb
+
+    if src.name.endswith(".nii") != dest.name.endswith(".nii"):
+        return True
+    header = nb.load(str(src)).header
+    return header.get_xyzt_units()[0] == "unknown"
+
+
 def _copy_atomic(src: Path, dest: Path) -> None:
     """Copy through a hidden temporary file and a rename, so that an interrupted run never
     leaves a half-written output under its final name."""
@@ -26,10 +37,11 @@ def _copy_atomic(src: Path, dest: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        if src.name.endswith(".nii") and dest.name.endswith(".nii.gz"):
+        if dest.name.endswith((".nii", ".nii.gz")) and _needs_rewrite(src, dest):
             import nibabel as nb
 
             img = nb.load(str(src))
+            img.header.set_xyzt_units("mm", "sec")
             nb.save(img, tmp + ".nii.gz")
             os.replace(tmp + ".nii.gz", tmp)
         else:
@@ -57,6 +69,7 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     to = traits.Str(desc="to entity (transforms)")
     mode = traits.Str(desc="mode entity (transforms)")
     metadata = traits.Dict(desc="JSON sidecar content; no sidecar when undefined")
+    spatial_reference = traits.Str(desc="SpatialReference of a non-template space (e.g. T1w)")
 
 
 class _DerivativesDataSinkOutputSpec(TraitedSpec):
@@ -95,7 +108,14 @@ class DerivativesDataSink(SimpleInterface):
         _copy_atomic(src, dest)
         self._results["out_file"] = str(dest)
         if isdefined(self.inputs.metadata):
+            metadata = dict(self.inputs.metadata)
+            if isdefined(self.inputs.spatial_reference):
+                metadata["SpatialReference"] = self.inputs.spatial_reference
+            if "res" in derived:  # BIDS requires the meaning of the res entity
+                metadata.setdefault(
+                    "Resolution", {derived["res"]: f"{derived['res']} mm isotropic template grid"}
+                )
             sidecar = dest.with_name(name[: -len(extension)] + ".json")
-            write_json_atomic(sidecar, self.inputs.metadata)
+            write_json_atomic(sidecar, metadata)
             self._results["out_meta"] = str(sidecar)
         return runtime
