@@ -209,6 +209,9 @@ def affine_to_template(
 ) -> tuple[Path, Path]:
     """Affine (12 dof) from the extracted brain to the template brain; resample the head.
 
+    The registration runs on 2 mm copies of both brains (``REGISTRATION_SPACING_MM``): on the
+    1 mm template it took 72 s per head instead of 10-13 s, for the same NCC to 3 decimals
+    (Philips 0.826, two IXI heads 0.848, 0.843); the transform is applied at full resolution.
     Global correlation (GC) metric, ANTs' default 4-level pyramid (shrink 6/4/2/1),
     centre-of-mass initialisation, seeded metric sampling. GC rather than Mattes MI because
     Mattes gives a different transform on every run with more than one ITK thread, even with
@@ -217,8 +220,8 @@ def affine_to_template(
     """
     import ants
 
-    fixed = ants.image_read(str(template_brain), pixeltype="float")
-    moving = ants.image_read(str(brain_file), pixeltype="float")
+    fixed = _coarsen(ants.image_read(str(template_brain), pixeltype="float"))
+    moving = _coarsen(ants.image_read(str(brain_file), pixeltype="float"))
     with tempfile.TemporaryDirectory(prefix="disarm-reg-") as tmp, _ants_seed(seed):
         reg = ants.registration(
             fixed=fixed,
@@ -236,6 +239,20 @@ def affine_to_template(
     )
     _save_like(out.numpy(), nb.load(str(template_grid)), out_file)
     return Path(out_file), Path(xfm_file)
+
+
+#: Images finer than this are registered on a grid of this spacing (see affine_to_template).
+REGISTRATION_SPACING_MM = 2.0
+
+
+def _coarsen(img):
+    """A linear-interpolated copy at REGISTRATION_SPACING_MM when ``img`` is finer."""
+    import ants
+
+    if min(img.spacing) >= REGISTRATION_SPACING_MM - 1e-3:
+        return img
+    spacing = tuple(max(s, REGISTRATION_SPACING_MM) for s in img.spacing)
+    return ants.resample_image(img, spacing, use_voxels=False, interp_type=0)
 
 
 def apply_inverse_affine(
