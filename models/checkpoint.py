@@ -111,8 +111,16 @@ def unflatten_state(skeleton, tensors: dict[str, torch.Tensor]):
     return walk(skeleton)
 
 
+def _chmod_default(path, mode: int) -> None:
+    """Give a mkstemp/mkdtemp path the permissions a plain open()/mkdir() would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
 def _atomic_json(path: Path, obj) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _chmod_default(tmp, 0o666)
     with os.fdopen(fd, "w") as fh:
         json.dump(obj, fh, indent=2, sort_keys=False)
         fh.write("\n")
@@ -133,6 +141,7 @@ def write_model_dir(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    _chmod_default(tmp, 0o777)  # mkdtemp makes 0700; a model folder is meant to be shared
     try:
         tensors = {k: v.detach().cpu().contiguous().float() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
@@ -142,6 +151,8 @@ def write_model_dir(
             save_file(st_tensors, str(tmp / STATE_TENSORS))
             _atomic_json(tmp / STATE_JSON, skeleton)
         _atomic_json(tmp / CARD, card)  # last: a directory with a card is complete
+        for f in tmp.iterdir():  # safetensors writes 0600
+            _chmod_default(f, 0o666)
         old = None
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")

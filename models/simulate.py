@@ -164,6 +164,9 @@ def save_profiles(profiles: list[ScannerProfile], path: str | Path) -> None:
     path = Path(path)
     text = json.dumps([p.to_dict() for p in profiles], indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)

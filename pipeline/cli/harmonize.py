@@ -141,6 +141,10 @@ def run(args: argparse.Namespace) -> Path:
         with os.fdopen(fd, "w") as fh:
             json.dump(meta, fh, indent=2, default=str)
             fh.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        for tmp in (tmp_img, tmp_json):  # mkstemp makes 0600; outputs are ordinary files
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp_img, out_file)
         os.replace(tmp_json, sidecar)
     except OSError as exc:
