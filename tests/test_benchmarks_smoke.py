@@ -1,0 +1,162 @@
+"""The two benchmark scripts run end to end on tiny inputs (no timing is asserted).
+
+Inputs: two 4 mm demo heads (``pipeline.demo``), a random-weight model of the shipped
+configuration, K = 2 simulated scanners. ``bench_quality`` gets a derivatives folder made by
+resampling the demo heads (which sit in MNI world coordinates up to a small random pose) onto
+the 2 mm template grid, so the test does not pay for preprocessing; ``bench_speed`` runs every
+real stage on one demo head.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+METHODS = ["none", "zscore", "histmatch", "nyul", "whitestripe", "disarm-free", "disarm-target"]
+
+
+def _run(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(BENCH / script), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    import torch
+    from scipy import ndimage
+
+    from models.checkpoint import write_model_dir
+    from models.disarm import Disarm
+    from models.networks.config import get_config
+    from pipeline.demo import make_demo_dataset
+    from pipeline.templates import get_template
+
+    root = tmp_path_factory.mktemp("bench")
+    bids = root / "bids"
+    make_demo_dataset(bids, n_subjects=2, n_scanners=2, voxel_mm=4.0)
+
+    torch.manual_seed(0)
+    scanners = ["Prisma_fit", "DISCOVERY MR750"]
+    cfg = get_config("fast", n_scanners=len(scanners))
+    card = {
+        "name": "random-test-model",
+        "config": cfg.to_dict(),
+        "scanners": scanners,
+        "scanner_codes": {s: [0.1 * i] * cfg.z_dim for i, s in enumerate(scanners)},
+    }
+    model = write_model_dir(root / "model", Disarm(cfg).state_dict(), card)
+
+    tpl = get_template("ants", 2)
+    grid = nb.load(str(tpl.brain))
+    deriv = root / "deriv"
+    for sub in ("01", "02"):
+        raw = nb.load(str(bids / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz"))
+        vox2vox = np.linalg.inv(raw.affine) @ grid.affine
+        data = ndimage.affine_transform(
+            np.asarray(raw.dataobj, dtype=np.float32), vox2vox, output_shape=grid.shape, order=1
+        )
+        anat = deriv / f"sub-{sub}" / "anat"
+        anat.mkdir(parents=True)
+        stem = f"sub-{sub}_space-{tpl.space}_res-2_desc-preproc_T1w"
+        nb.save(nb.Nifti1Image(data, grid.affine), str(anat / f"{stem}.nii.gz"))
+        (anat / f"{stem}.json").write_text(json.dumps({"Preprocessing": {"Backend": "ants"}}))
+    return {"root": root, "bids": bids, "model": model, "deriv": deriv}
+
+
+def test_quality_table(demo):
+    out = demo["root"] / "quality"
+    proc = _run(
+        "bench_quality.py", demo["bids"], "--deriv", demo["deriv"], "--model", demo["model"],
+        "--profiles", BENCH / "profiles_unseen.json", "--n-scanners", "2", "--out", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["method"]: r for r in _read_csv(out / "quality.csv")}
+    assert list(rows) == METHODS
+    assert "| method |" in proc.stdout and "| disarm-target |" in proc.stdout
+    assert (out / "quality.md").read_text() in proc.stdout + "\n"
+    value = {m: {k: float(v) for k, v in r.items() if k != "method"} for m, r in rows.items()}
+    for m in METHODS:
+        assert 0.0 < value[m]["pair_ssim"] <= 1.0
+        assert 0.0 < value[m]["clean_ssim"] <= 1.0
+        assert 0.0 <= value[m]["scanner_acc"] <= 1.0
+        assert 0.0 < value[m]["ad_p_median"] <= 1.0
+    # The two scanners differ (gain 1.10 vs 0.90, gamma, blur...): their images disagree.
+    assert value["none"]["pair_mad"] > 0.05
+    # A per-image normalization removes the gain difference a common scale leaves visible.
+    assert value["zscore"]["pair_mad"] < value["none"]["pair_mad"]
+    # Anatomy-kept SSIM ignores pure rescaling: z-score (affine) scores exactly like none.
+    assert value["zscore"]["clean_ssim"] == pytest.approx(value["none"]["clean_ssim"], abs=1e-4)
+    per_head = _read_csv(out / "quality_per_head.csv")
+    assert len(per_head) == len(METHODS) * 2
+    settings = json.loads((out / "quality_settings.json").read_text())
+    assert settings["heads"] == ["01", "02"]
+    assert [p["name"] for p in settings["profiles"]] == ["philips-ingenia-3t", "siemens-trio-3t"]
+    assert settings["target"] == "Prisma_fit"
+
+
+def test_quality_user_error_is_one_line(demo, tmp_path):
+    proc = _run("bench_quality.py", demo["bids"], "--deriv", tmp_path / "absent")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"bench_quality.py: error: derivatives folder not found: {tmp_path / 'absent'}"
+    ]
+
+
+def test_speed_table(demo):
+    import torch
+
+    out, work = demo["root"] / "speed", demo["root"] / "speed-work"
+    t1w = demo["bids"] / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    proc = _run(
+        "bench_speed.py", "--t1w", t1w, "--model", demo["model"], "--resolution", "2",
+        "--work", work, "--out", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _read_csv(out / "speed.csv")
+    keys = [r["key"] for r in rows]
+    assert keys == [
+        "baseline", "reorient", "n4", "brain_extraction", "affine", "alignment_ncc",
+        "harmonize", "report",
+    ]  # fmt: skip
+    for r in rows:
+        assert float(r["seconds"]) >= 0.0
+        assert float(r["peak_mib"]) > 50  # a Python process with numpy is never smaller
+    ncc = next(r for r in rows if r["key"] == "alignment_ncc")["note"]
+    assert float(ncc.split()[1]) > 0.8, ncc
+    # the stages really ran: the harmonized image and the report exist
+    anat = work / "deriv" / "sub-bench" / "anat"
+    assert len(list(anat.glob("*_desc-harmonized_T1w.nii.gz"))) == 1
+    assert (work / "deriv" / "sub-bench.html").is_file()
+    if not torch.cuda.is_available():
+        assert "GPU: no GPU" in proc.stdout
+
+
+def test_speed_missing_input_is_one_line(tmp_path):
+    proc = _run("bench_speed.py", "--t1w", tmp_path / "none.nii.gz")
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        == f"bench_speed.py: error: T1w image not found: {tmp_path}/none.nii.gz"
+    )
+
+
+def test_example_profiles_are_the_held_out_defaults():
+    from models.simulate import load_profiles, unseen_profiles
+
+    assert load_profiles(BENCH / "profiles_unseen.json") == unseen_profiles()
