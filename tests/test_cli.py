@@ -137,8 +137,9 @@ def test_work_dir_inside_bids_dir(good_bids, tmp_path):
 
 def test_output_dir_is_a_file(good_bids, tmp_path):
     (tmp_path / "out").write_text("a file")
-    proc = run_cli(good_bids, tmp_path / "out", "participant", "-w", tmp_path / "work",
-                   "--harmonize", "none")
+    proc = run_cli(
+        good_bids, tmp_path / "out", "participant", "-w", tmp_path / "work", "--harmonize", "none"
+    )
     _assert_one_line_error(proc, ExitCode.CANT_CREATE, "cannot write the output_dir")
 
 
