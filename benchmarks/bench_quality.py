@@ -49,6 +49,7 @@ import argparse
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,20 @@ class BenchError(Exception):
 class Head:
     label: str  #: participant label, no ``sub-``
     item: object  #: pipeline.reports.ImageOutputs of its preprocessed image
+
+
+@dataclass
+class Plan:
+    """What to evaluate, settled from the command line and the model card."""
+
+    args: argparse.Namespace
+    profiles: list  #: simulated evaluation scanners (ScannerProfile)
+    methods: list[str]
+    harmonizer: object | None
+    target: str | None  #: DISARM target scanner (first of the card)
+    train_profiles: list  #: the model's training scanners (Nyul population, reference)
+    heads: list[str]
+    reference: str  #: participant whose head makes the histmatch reference and Nyul population
 
 
 # --------------------------------------------------------------------------- inputs
@@ -525,7 +540,6 @@ def run(args: argparse.Namespace) -> int:
         card = harmonizer.card
         target = harmonizer.scanners[0]
     train_profiles = card_training_profiles(card)
-    target_profile = train_profiles[0]
 
     exclude = args.exclude_participant_label
     if exclude is None:
@@ -544,16 +558,37 @@ def run(args: argparse.Namespace) -> int:
     )
     if ref not in labels:
         raise BenchError(f"reference participant not found: {ref}")
+    temp = None
     if args.deriv is None:
         work = args.work or Path(tempfile.mkdtemp(prefix="bench-quality-"))
-        deriv = run_preprocessing(args.bids_dir, sorted({*chosen, ref}), work, args.resolution)
+        temp = None if args.work else work
+        try:
+            deriv = run_preprocessing(args.bids_dir, sorted({*chosen, ref}), work, args.resolution)
+        except BenchError:
+            if temp:
+                shutil.rmtree(temp, ignore_errors=True)
+            raise
         found = preprocessed(deriv)
-        missing = [x for x in {*chosen, ref} if x not in found]
-        if missing:
-            raise BenchError(f"preprocessing wrote no output for: {', '.join(sorted(missing))}")
     else:
         deriv = args.deriv
-    heads = [Head(x, found[x]) for x in chosen]
+    plan = Plan(args, profiles, methods, harmonizer, target, train_profiles, chosen, ref)
+    try:
+        return evaluate_and_report(plan, found, deriv)
+    finally:
+        if temp:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def evaluate_and_report(plan: Plan, found: dict[str, object], deriv: Path) -> int:
+    """Simulate, harmonize, measure; print the table (and write it with ``--out``)."""
+    args, profiles, methods = plan.args, plan.profiles, plan.methods
+    harmonizer, target, ref = plan.harmonizer, plan.target, plan.reference
+    missing = [x for x in {*plan.heads, ref} if x not in found]
+    if missing:
+        raise BenchError(f"no preprocessed image of: {', '.join(sorted(missing))}")
+    target_profile = plan.train_profiles[0]
+    heads = [Head(x, found[x]) for x in plan.heads]
+    card = harmonizer.card if harmonizer else {}
 
     from models.simulate import simulate_scanner
 
@@ -561,7 +596,7 @@ def run(args: argparse.Namespace) -> int:
     vox = tuple(float(v) for v in ref_img.header.get_zooms()[:3])
     population = [
         simulate_scanner(ref_clean, p, voxel_size_mm=vox, seed=args.seed + 999_000 + j)
-        for j, p in enumerate(train_profiles)
+        for j, p in enumerate(plan.train_profiles)
     ]
     reference = population[0]  # the reference head on the target (first training) scanner
     fns = build_methods(
