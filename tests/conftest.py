@@ -71,3 +71,23 @@ def demo_bids(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "bids"
     make_demo_dataset(root, n_subjects=3, n_scanners=2, voxel_mm=3.0, seed=1)
     return root
+
+
+def make_random_model(path: Path, scanners: list[str], seed: int = 0) -> Path:
+    """A model folder of the shipped ("fast") configuration with random weights: for tests of
+    the wiring around the network, not of harmonization quality (tests/test_models_* do that)."""
+    import torch
+
+    from models.checkpoint import write_model_dir
+    from models.disarm import Disarm
+    from models.networks.config import get_config
+
+    torch.manual_seed(seed)
+    cfg = get_config("fast", n_scanners=len(scanners))
+    card = {
+        "name": "random-test-model",
+        "config": cfg.to_dict(),
+        "scanners": list(scanners),
+        "scanner_codes": {s: [0.1 * i] * cfg.z_dim for i, s in enumerate(scanners)},
+    }
+    return write_model_dir(path, Disarm(cfg).state_dict(), card)

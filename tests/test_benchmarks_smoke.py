@@ -19,6 +19,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
+from conftest import make_random_model
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -38,12 +39,8 @@ def _read_csv(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> dict[str, Path]:
-    import torch
     from scipy import ndimage
 
-    from models.checkpoint import write_model_dir
-    from models.disarm import Disarm
-    from models.networks.config import get_config
     from pipeline.demo import make_demo_dataset
     from pipeline.templates import get_template
 
@@ -51,16 +48,7 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     bids = root / "bids"
     make_demo_dataset(bids, n_subjects=2, n_scanners=2, voxel_mm=4.0)
 
-    torch.manual_seed(0)
-    scanners = ["Prisma_fit", "DISCOVERY MR750"]
-    cfg = get_config("fast", n_scanners=len(scanners))
-    card = {
-        "name": "random-test-model",
-        "config": cfg.to_dict(),
-        "scanners": scanners,
-        "scanner_codes": {s: [0.1 * i] * cfg.z_dim for i, s in enumerate(scanners)},
-    }
-    model = write_model_dir(root / "model", Disarm(cfg).state_dict(), card)
+    model = make_random_model(root / "model", ["Prisma_fit", "DISCOVERY MR750"])
 
     tpl = get_template("ants", 2)
     grid = nb.load(str(tpl.brain))

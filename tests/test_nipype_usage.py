@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
+from conftest import make_random_model
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -17,21 +18,7 @@ from workflows.harmonize import init_harmonize_wf
 
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory):
-    import torch
-
-    from models.checkpoint import write_model_dir
-    from models.disarm import Disarm
-    from models.networks.config import get_config
-
-    torch.manual_seed(0)
-    cfg = get_config("fast", n_scanners=2)
-    card = {
-        "name": "random",
-        "config": cfg.to_dict(),
-        "scanners": ["A", "B"],
-        "scanner_codes": {"A": [0.0] * cfg.z_dim, "B": [0.5] * cfg.z_dim},
-    }
-    return write_model_dir(tmp_path_factory.mktemp("m") / "model", Disarm(cfg).state_dict(), card)
+    return make_random_model(tmp_path_factory.mktemp("m") / "model", ["A", "B"])
 
 
 def _head(path, seed):

@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import make_random_model, run_cli
 
 from pipeline.exitcodes import ExitCode
 
@@ -23,24 +23,7 @@ TARGET = "DISCOVERY MR750"  # the second scanner of the demo data
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    """A model of the shipped configuration with random weights, trained on nothing: the
-    wiring is under test here, not the harmonization (tests/test_models_* cover that)."""
-    import torch
-
-    from models.checkpoint import write_model_dir
-    from models.disarm import Disarm
-    from models.networks.config import get_config
-
-    torch.manual_seed(0)
-    scanners = ["Prisma_fit", TARGET]
-    cfg = get_config("fast", n_scanners=len(scanners))
-    card = {
-        "name": "random-test-model",
-        "config": cfg.to_dict(),
-        "scanners": scanners,
-        "scanner_codes": {s: [0.1 * i] * cfg.z_dim for i, s in enumerate(scanners)},
-    }
-    return write_model_dir(tmp_path_factory.mktemp("model") / "m", Disarm(cfg).state_dict(), card)
+    return make_random_model(tmp_path_factory.mktemp("model") / "m", ["Prisma_fit", TARGET])
 
 
 def _pipeline(bids: Path, out: Path, work: Path, model: Path, *extra: str):
