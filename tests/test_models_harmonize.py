@@ -103,11 +103,22 @@ def test_4d_input_and_reference_refused(harmonizer):
         harmonizer.harmonize(img, mode="target")
 
 
-def test_default_model_missing_is_a_clear_error():
-    if (DEFAULT_MODEL_DIR / "model_card.json").is_file():
-        pytest.skip("a default model is shipped")
+def test_default_model_missing_is_a_clear_error(tmp_path, monkeypatch):
+    import models.harmonize
+
+    monkeypatch.setattr(models.harmonize, "DEFAULT_MODEL_DIR", tmp_path / "empty")
     with pytest.raises(CheckpointError, match="no default DISARM model"):
         Harmonizer.from_dir(None)
+
+
+def test_shipped_default_model_loads():
+    assert (DEFAULT_MODEL_DIR / "model_card.json").is_file(), "the default model must ship"
+    harmonizer = Harmonizer.from_dir(None, device="cpu")
+    assert len(harmonizer.scanners) == 5
+    img = phantom((20, 22, 18))
+    out, meta = harmonizer.harmonize(img)
+    assert np.allclose(out.affine, img.affine)
+    assert meta["weights_sha256"] == harmonizer.card["weights_sha256"]
 
 
 def test_evaluation_helpers(harmonizer):
