@@ -63,7 +63,7 @@ def _pose(rng: np.random.Generator) -> np.ndarray:
 
 
 def make_demo_dataset(
-    out_dir: Path, n_subjects: int = 4, n_scanners: int = 2, voxel_mm: float = 2.0, seed: int = 0
+    out_dir: Path, n_subjects: int = 6, n_scanners: int = 2, voxel_mm: float = 2.0, seed: int = 0
 ) -> list[Path]:
     """Write the demo BIDS dataset to ``out_dir``; return the T1w files written."""
     import nibabel as nb
@@ -133,7 +133,7 @@ def make_demo_dataset(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="disarm-demo", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="where to write the demo BIDS dataset")
-    parser.add_argument("--n-subjects", type=int, default=4)
+    parser.add_argument("--n-subjects", type=int, default=6)
     parser.add_argument("--n-scanners", type=int, default=2, choices=range(2, 6))
     parser.add_argument("--voxel-size", type=float, default=2.0, help="mm (isotropic)")
     parser.add_argument("--seed", type=int, default=0)

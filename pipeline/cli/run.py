@@ -123,6 +123,9 @@ def _plugin_settings(config: Config) -> tuple[str, dict]:
         if config.mem_gb:
             args.setdefault("memory_gb", config.mem_gb)
         args.setdefault("raise_insufficient", False)
+        # Forked workers inherit torch's OpenMP state from this process (it loaded the model
+        # in check_model) and can deadlock in their first parallel region: start them clean.
+        args.setdefault("mp_context", "forkserver")
     return config.plugin, args
 
 
