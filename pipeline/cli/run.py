@@ -149,6 +149,15 @@ def _configure_nipype(config: Config) -> None:
     level = "INFO" if config.verbosity else "WARNING"
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         nlogging.getLogger(name).setLevel(level)
+    # MultiProc workers start from a forkserver and read Nipype's configuration afresh:
+    # hand them the same log levels through a config folder of their own.
+    config_dir = config.work_dir / "nipype-config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "nipype.cfg").write_text(
+        "[logging]\n"
+        + "".join(f"{key}_level = {level}\n" for key in ("workflow", "interface", "utils"))
+    )
+    os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
     os.environ["OMP_NUM_THREADS"] = str(config.omp_nthreads)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(config.omp_nthreads)
 
