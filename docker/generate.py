@@ -25,6 +25,7 @@ import configparser
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -194,7 +195,10 @@ def render(renderer: str, torch_index: str) -> str:
         "from neurodocker.cli.cli import cli; cli(prog_name='neurodocker')",
         *neurodocker_args(renderer, torch_index),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    # Run outside the repository: with `-c`, the working directory heads sys.path and our
+    # `docker/` folder would shadow the `docker` package Neurodocker tries to import.
+    with tempfile.TemporaryDirectory() as cwd:
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if done.returncode != 0:
         raise RuntimeError(f"neurodocker failed: {done.stderr.strip()}")
     return HEADER + done.stdout
