@@ -10,6 +10,11 @@ channels are a log-gain ``g`` and an offset ``b`` at the networks' resolution; t
 upsampled (trilinear) and applied to the full-resolution image whose content code was used:
 ``y = exp(g) * x + b``. The harmonization is then a smooth, spatially varying intensity
 transform: it cannot blur, and all the input's fine detail goes through (scaled by the gain).
+But the identity (g = b = 0) reconstructs every image exactly, so L_rec and L_cc never ask the
+scanner code for anything. With ``"detail"`` (fast) the generator draws the image at the
+networks' resolution, as the reference does (so the content and scanner codes must carry it),
+and the detail that resolution loses, ``x - up(down(x))``, is added back from the input whose
+content code was used: ``y = up(G(z_b, z, c)) + x - up(down(x))``.
 """
 
 from __future__ import annotations
@@ -107,7 +112,18 @@ class Disarm(nn.Module):
         if self.cfg.output == "affine":
             gain = out[:, :1].float().clamp(-_GAIN_LIMIT, _GAIN_LIMIT).exp()
             out = gain * x_pad.float() + out[:, 1:].float()
+        elif self.cfg.output == "detail" and k > 1:
+            out = out.float() + self.detail(x_pad)
         return self.crop(out, size)
+
+    def detail(self, x_pad: torch.Tensor) -> torch.Tensor:
+        """What the networks' resolution loses: ``x - up(down(x))`` (zero when k = 1)."""
+        k = self.cfg.io_downsample
+        if k == 1:
+            return torch.zeros_like(x_pad, dtype=torch.float32)
+        low = self.to_io(x_pad)
+        low = F.interpolate(low, scale_factor=k, mode="trilinear", align_corners=False)
+        return x_pad.float() - low.float()
 
     def inference_modules(self) -> list[nn.Module]:
         return [self.enc_b, self.enc_s, self.gen]

@@ -67,9 +67,9 @@ def test_image_discriminator_tiny_input():
     assert cls.shape == (1, 2) and torch.isfinite(patch).all()
 
 
-def test_fast_generator_starts_as_identity():
-    """The affine head starts at zero: a new fast model returns its input exactly."""
-    model = Disarm(get_config("fast", n_scanners=2)).eval()
+def test_affine_generator_starts_as_identity():
+    """The affine head starts at zero: a new affine model returns its input exactly."""
+    model = Disarm(get_config("fast", n_scanners=2, output="affine")).eval()
     x = torch.rand(1, 1, 13, 14, 15)
     c = one_hot([1], 2)
     with torch.no_grad():
@@ -78,10 +78,11 @@ def test_fast_generator_starts_as_identity():
     torch.testing.assert_close(y, x)
 
 
-def test_fast_output_keeps_fine_detail():
-    """A non-trivial affine head changes contrast smoothly but keeps 1-voxel detail."""
+@pytest.mark.parametrize("output", ["affine", "detail"])
+def test_fast_output_keeps_fine_detail(output):
+    """A non-trivial generator changes the image but keeps 1-voxel detail of the input."""
     torch.manual_seed(1)
-    model = Disarm(get_config("fast", n_scanners=2)).eval()
+    model = Disarm(get_config("fast", n_scanners=2, output=output)).eval()
     torch.nn.init.normal_(model.gen.head.weight, 0, 0.05)
     x = torch.zeros(1, 1, 24, 24, 24)
     x[..., ::2, :, :] = 1.0  # a 1-voxel stripe pattern, invisible at half resolution
@@ -91,6 +92,26 @@ def test_fast_output_keeps_fine_detail():
     stripes = (y[..., ::2, :, :] - y[..., 1::2, :, :]).abs().mean()
     assert not torch.allclose(y, x)
     assert stripes > 0.5
+
+
+def test_detail_output_is_generated_image_plus_lost_detail():
+    """output="detail": y = up(G(...)) + x - up(down(x)), on odd sizes too."""
+    torch.manual_seed(2)
+    model = Disarm(get_config("fast", n_scanners=2)).eval()
+    assert model.cfg.output == "detail"
+    x = torch.rand(1, 1, 13, 14, 15)
+    with torch.no_grad():
+        zb, x_pad = model.content(x)
+        z, c = torch.zeros(1, 8), one_hot([0], 2)
+        y = model.generate(zb, z, c, x_pad, (13, 14, 15))
+        low = torch.nn.functional.interpolate(
+            model.gen(zb, z, c), scale_factor=2, mode="trilinear", align_corners=False
+        )
+    expected = model.crop(low + model.detail(x_pad), (13, 14, 15))
+    torch.testing.assert_close(y, expected)
+    # detail of a constant image is zero: G alone decides its intensities
+    flat = torch.full((1, 1, 12, 12, 12), 0.3)
+    assert model.detail(flat).abs().max() < 1e-6
 
 
 def test_config_round_trip_and_errors():

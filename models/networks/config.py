@@ -14,8 +14,10 @@ class NetworkConfig:
     ``io_downsample``: the encoders and the generator see the input average-pooled by this
     factor (1 = full resolution, as the reference; 2 = half, the fast configuration).
     ``output``: ``"image"`` = the generator draws the image (tanh, the reference);
+    ``"detail"`` = it draws the image at the networks' resolution (linear output), and the
+    detail that resolution loses is added back from the input (``y = up(G) + x - up(down(x))``);
     ``"affine"`` = it draws a smooth per-voxel gain and offset, upsampled and applied to the
-    full-resolution input (``y = exp(g) * x + b``), which keeps every detail of the input.
+    full-resolution input (``y = exp(g) * x + b``; the identity solves L_rec and L_cc).
     """
 
     name: str = "reference"
@@ -38,8 +40,8 @@ class NetworkConfig:
             raise ValueError("DISARM needs at least two training scanners")
         if self.io_downsample not in (1, 2, 4):
             raise ValueError("io_downsample must be 1, 2 or 4")
-        if self.output not in ("image", "affine"):
-            raise ValueError("output must be 'image' or 'affine'")
+        if self.output not in ("image", "detail", "affine"):
+            raise ValueError("output must be 'image', 'detail' or 'affine'")
         if self.output == "image" and self.clip_max != 1.0:
             raise ValueError("output='image' ends in tanh: clip_max must be 1.0")
 
@@ -67,9 +69,9 @@ def reference_config(n_scanners: int = 5) -> NetworkConfig:
 
 
 def fast_config(n_scanners: int = 5) -> NetworkConfig:
-    """The shipped configuration: reference widths, run at half resolution, affine output."""
+    """The shipped configuration: reference widths, run at half resolution, detail output."""
     return NetworkConfig(
-        name="fast", n_scanners=n_scanners, io_downsample=2, output="affine", clip_max=2.0
+        name="fast", n_scanners=n_scanners, io_downsample=2, output="detail", clip_max=2.0
     )
 
 

@@ -21,8 +21,8 @@ def _up(cin: int, cout: int, stride: int) -> nn.Sequential:
 class Generator(nn.Module):
     """z_b (B, Cb, d, h, w), z (B, z_dim), c (B, C) -> (B, K, 2d, 2h, 2w).
 
-    K = 1 (a tanh image, ``output="image"``) or 2 (log-gain and offset, ``output="affine"``;
-    the last layer starts at zero, so a new model is the identity).
+    K = 1 (a tanh image, ``output="image"``; a linear one, ``output="detail"``) or 2 (log-gain
+    and offset, ``output="affine"``; the last layer starts at zero: a new model is the identity).
     """
 
     def __init__(self, cfg: NetworkConfig) -> None:
@@ -36,7 +36,7 @@ class Generator(nn.Module):
         t2 = (t + nz) // 2
         self.up1 = _up(t2 + nz, (t2 + nz) // 2, 1)
         t3 = (t2 + nz) // 2
-        out = 1 if cfg.output == "image" else 2
+        out = 2 if cfg.output == "affine" else 1
         self.head = nn.ConvTranspose3d(t3 + nz, out, 1)
         init_weights(self)
         if cfg.output == "affine":
@@ -49,4 +49,4 @@ class Generator(nn.Module):
         h = self.up2(torch.cat([h, tile(z, h)], 1))
         h = self.up1(torch.cat([h, tile(z, h)], 1))
         h = self.head(torch.cat([h, tile(z, h)], 1))
-        return torch.tanh(h) if self.output == "image" else h
+        return torch.tanh(h) if self.output == "image" else h  # detail, affine: linear
