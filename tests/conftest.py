@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one torch thread avoids OpenMP synchronisation costs on a shared CPU."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def write_bids(root: Path, images: dict[str, np.ndarray | bytes], affine=None) -> Path:
     """A minimal BIDS dataset: ``images`` maps a relative T1w path to its data (or raw bytes)."""
     root.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from models.checkpoint import read_card
 from pipeline.cli import harmonize as cli_harmonize
@@ -19,12 +18,7 @@ from pipeline.cli import train as cli_train
 SHAPE = (20, 24, 18)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _head(seed, gain=1.0):

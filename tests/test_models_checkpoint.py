@@ -22,13 +22,7 @@ from models.disarm import Disarm, DisarmTrainer, one_hot
 from models.harmonize import Harmonizer
 from models.networks import get_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model_dir(path, name="reference", scanners=("A", "B"), seed=0, training_state=None):

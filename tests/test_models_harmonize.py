@@ -12,13 +12,7 @@ from models.harmonize import DEFAULT_MODEL_DIR, HarmonizeError, Harmonizer
 from models.networks import get_config
 from models.simulate import unseen_profiles
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=["reference", "fast"])

@@ -7,14 +7,7 @@ from models import losses as L
 from models.disarm import Disarm, DisarmTrainer, one_hot
 from models.networks import get_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP synchronisation costs on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_every_loss_finite_and_differentiable():
