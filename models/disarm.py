@@ -5,7 +5,7 @@ Sizes: any 3D size works. An input is padded (edge replicate) to a multiple of
 back to the input size.
 
 Outputs: with ``cfg.output == "image"`` (reference) the generator's tanh image is the output
-(trilinearly upsampled if ``io_downsample > 1``). With ``"affine"`` (fast) the generator's two
+(trilinearly upsampled if ``io_downsample > 1``). With ``"affine"`` the generator's two
 channels are a log-gain ``g`` and an offset ``b`` at the networks' resolution; they are
 upsampled (trilinear) and applied to the full-resolution image whose content code was used:
 ``y = exp(g) * x + b``. The harmonization is then a smooth, spatially varying intensity

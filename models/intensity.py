@@ -7,7 +7,7 @@ artefact) then squeezes the brain into a narrow band, so here the range is robus
 * ``hi`` = 99.5th percentile of the foreground (voxels above 5% of the maximum),
 
 ``x_n = 2 (x - lo) / (hi - lo) - 1``, clipped to ``[-1, clip_max]`` (``clip_max`` = 1 for
-the tanh generator of the reference configuration; 2 for the fast configuration, whose affine
+the tanh generator of the reference configuration; 2 for the fast configuration, whose linear
 output keeps the brightest tissue).
 """
 
