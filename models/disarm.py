@@ -20,6 +20,8 @@ content code was used: ``y = up(G(z_b, z, c)) + x - up(down(x))``.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 from collections.abc import Iterable
 
 import torch
@@ -37,7 +39,7 @@ from .networks import (
     ScannerEncoder,
 )
 
-__all__ = ["Disarm", "DisarmTrainer", "one_hot", "autocast_for"]
+__all__ = ["Disarm", "DisarmTrainer", "one_hot", "autocast_for", "windows"]
 
 _GAIN_LIMIT = 3.0  # |log gain| <= 3: a factor of 20 either way is already absurd
 
@@ -125,8 +127,55 @@ class Disarm(nn.Module):
         low = F.interpolate(low, scale_factor=k, mode="trilinear", align_corners=False)
         return x_pad.float() - low.float()
 
+    def translate(
+        self, x: torch.Tensor, z: torch.Tensor, c: torch.Tensor, tile: int | None = None
+    ) -> torch.Tensor:
+        """G(E_b(x), z, c) at x's size; with ``tile``, window by window (see :func:`windows`).
+
+        A model trained on patches has seen the instance-norm statistics of patches, never of a
+        whole head with its background: windows of about the training patch size, overlapping
+        by half and blended with a smooth weight, keep inference where training was.
+        """
+        size = tuple(x.shape[2:])
+        if tile is None or all(s <= tile for s in size):
+            zb, x_pad = self.content(x)
+            return self.generate(zb, z, c, x_pad, size)
+        out = torch.zeros_like(x, dtype=torch.float32)
+        weight = torch.zeros_like(out)
+        for box in windows(size, tile):
+            xs = x[(..., *box)]
+            zb, x_pad = self.content(xs)
+            y = self.generate(zb, z, c, x_pad, tuple(xs.shape[2:])).float()
+            w = _blend_weight(tuple(xs.shape[2:]), x.device)
+            out[(..., *box)] += w * y
+            weight[(..., *box)] += w
+        return out / weight
+
     def inference_modules(self) -> list[nn.Module]:
         return [self.enc_b, self.enc_s, self.gen]
+
+
+def windows(size: tuple[int, ...], tile: int) -> list[tuple[slice, ...]]:
+    """Boxes of ``tile`` voxels per axis (the whole axis if shorter) covering ``size``, with
+    starts spread evenly so that neighbours overlap by at least half a tile."""
+    per_axis = []
+    for n in size:
+        if n <= tile:
+            per_axis.append([slice(0, n)])
+            continue
+        count = math.ceil((n - tile) / (tile // 2)) + 1
+        starts = [round(i * (n - tile) / (count - 1)) for i in range(count)]
+        per_axis.append([slice(a, a + tile) for a in starts])
+    return list(itertools.product(*per_axis))
+
+
+def _blend_weight(shape: tuple[int, ...], device) -> torch.Tensor:
+    """Separable weight, 1 in the middle of a window and small (never 0) at its faces."""
+    w = torch.ones(1, 1, *shape, device=device)
+    for axis, n in enumerate(shape):
+        ramp = torch.sin(torch.pi * (torch.arange(n, device=device) + 0.5) / n) + 1e-3
+        w = w * ramp.view(*[n if a == axis else 1 for a in range(len(shape))])
+    return w
 
 
 class DisarmTrainer:

@@ -8,7 +8,13 @@ import torch
 from models import evaluate
 from models.checkpoint import CheckpointError, write_model_dir
 from models.disarm import Disarm
-from models.harmonize import DEFAULT_MODEL_DIR, HarmonizeError, Harmonizer
+from models.harmonize import (
+    DEFAULT_MODEL_DIR,
+    HarmonizeError,
+    Harmonizer,
+    head_weight,
+    inference_tile,
+)
 from models.networks import get_config
 from models.simulate import unseen_profiles
 
@@ -124,3 +130,24 @@ def test_evaluation_helpers(harmonizer):
     assert rows[0]["pair_ssim_before"] == pytest.approx(rows[0]["pair_ssim_after"])
     assert 0 < rows[0]["pair_mad_before"] < 1
     assert "pair_ssim_after" in evaluate.summarize(rows)
+
+
+def test_head_weight_keeps_noisy_air_out():
+    """The soft head mask is 1 in the head, 0 in noisy air far from it."""
+    rng = np.random.default_rng(0)
+    x = np.full((60, 60, 60), -1.0, np.float32) + rng.normal(0, 0.08, (60, 60, 60)).astype(
+        np.float32
+    )
+    x[20:40, 20:40, 20:40] = 0.5
+    w = head_weight(x)
+    assert w[30, 30, 30] == pytest.approx(1.0)
+    assert w[:5, :5, :5].max() < 1e-3 and w[55:, 55:, 55:].max() < 1e-3
+    assert 0.0 <= w.min() and w.max() <= 1.0
+
+
+def test_inference_tile_follows_the_training_patch():
+    cfg = get_config("fast", n_scanners=2).to_dict()
+    assert inference_tile({"config": cfg, "training": {"patch_size": 64}}) == 96
+    assert inference_tile({"config": cfg, "training": {"patch_size": 30}}) == 48
+    assert inference_tile({"config": cfg, "training": {"patch_size": None}}) is None
+    assert inference_tile({"config": cfg}) is None
