@@ -2,6 +2,7 @@
 
     python benchmarks/eval_model.py --model DIR --heads H1.nii.gz H2.nii.gz ... \\
         [--detail-1mm T1W_MNI_1MM.nii.gz] [--profiles unseen|training|FILE.json] [--threads 2]
+        [--figure FIG.png]
 
 ``--heads``: preprocessed heads (desc-preproc, on the model's template grid) that the model
 never saw. Each head is "acquired" on every profile (default: the held-out profiles, never
@@ -25,7 +26,12 @@ from scipy import ndimage
 
 from models import evaluate
 from models.harmonize import Harmonizer
-from models.simulate import resolve_profiles, training_profiles, unseen_profiles
+from models.simulate import (
+    resolve_profiles,
+    simulate_scanner,
+    training_profiles,
+    unseen_profiles,
+)
 
 
 def _crop_to_head(img: nib.Nifti1Image) -> nib.Nifti1Image:
@@ -43,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detail-1mm", default=None)
     parser.add_argument("--profiles", default="unseen")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--figure", default=None, help="PNG: the first head on 3 profiles")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     profiles = {"unseen": unseen_profiles, "training": training_profiles}.get(
@@ -66,7 +73,36 @@ def main(argv: list[str] | None = None) -> int:
         print("| comparison | SSIM |\n|---|---|")
         print(f"| input vs scanner-free harmonized | {evaluate.ssim_to_input(img, out):.4f} |")
         print(f"| input vs input blurred to 2 mm (FWHM) | {evaluate.ssim(data, blurred):.4f} |")
+    if args.figure:
+        save_figure(args.figure, nib.load(args.heads[0]), harmonizer, profiles[:3])
     return 0
+
+
+def save_figure(path: str, img: nib.Nifti1Image, harmonizer: Harmonizer, profiles) -> None:
+    """Axial slices: the clean head and its simulated versions (top), harmonized (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clean = np.asarray(img.dataobj, np.float32)
+    vox = tuple(float(v) for v in img.header.get_zooms()[:3])
+    inputs = [("clean", clean)] + [
+        (p.name, simulate_scanner(clean, p, voxel_size_mm=vox, seed=i))
+        for i, p in enumerate(profiles)
+    ]
+    fig, axes = plt.subplots(2, len(inputs), figsize=(3.5 * len(inputs), 7))
+    for col, (name, data) in enumerate(inputs):
+        out = harmonizer.harmonize(nib.Nifti1Image(data, img.affine, img.header))[0]
+        for row, (title, vol) in enumerate(((name, data), ("harmonized", out.get_fdata()))):
+            ax = axes[row, col]
+            ax.imshow(np.rot90(vol[:, :, vol.shape[2] // 2 + 10]), cmap="gray", vmin=0,
+                      vmax=np.percentile(vol, 99.5))  # fmt: skip
+            ax.set_title(title)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
