@@ -128,13 +128,20 @@ class Disarm(nn.Module):
         return x_pad.float() - low.float()
 
     def translate(
-        self, x: torch.Tensor, z: torch.Tensor, c: torch.Tensor, tile: int | None = None
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        tile: int | None = None,
+        needed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """G(E_b(x), z, c) at x's size; with ``tile``, window by window (see :func:`windows`).
 
         A model trained on patches has seen the instance-norm statistics of patches, never of a
         whole head with its background: windows of about the training patch size, overlapping
         by half and blended with a smooth weight, keep inference where training was.
+        ``needed`` (bool, x's shape): windows with no needed voxel are skipped and their voxels
+        keep x's values.
         """
         size = tuple(x.shape[2:])
         if tile is None or all(s <= tile for s in size):
@@ -143,13 +150,15 @@ class Disarm(nn.Module):
         out = torch.zeros_like(x, dtype=torch.float32)
         weight = torch.zeros_like(out)
         for box in windows(size, tile):
+            if needed is not None and not bool(needed[(..., *box)].any()):
+                continue
             xs = x[(..., *box)]
             zb, x_pad = self.content(xs)
             y = self.generate(zb, z, c, x_pad, tuple(xs.shape[2:])).float()
             w = _blend_weight(tuple(xs.shape[2:]), x.device)
             out[(..., *box)] += w * y
             weight[(..., *box)] += w
-        return out / weight
+        return torch.where(weight > 0, out / weight.clamp_min(1e-12), x.float())
 
     def inference_modules(self) -> list[nn.Module]:
         return [self.enc_b, self.enc_s, self.gen]

@@ -186,13 +186,14 @@ class Harmonizer:
             z_source = "encoded from the reference image"
         x = self._tensor(normalize(data, lo, hi, clip))
         del data
+        w = head_weight(x[0, 0].cpu().numpy())
+        needed = torch.from_numpy(w > 0)[None, None].to(self.device)
         with ac:
-            y = m.translate(x, z, c, tile=self.tile)
+            y = m.translate(x, z, c, tile=self.tile, needed=needed)
         y = y[0, 0].float().cpu().numpy()
         x = x[0, 0].float().cpu().numpy()
-        w = head_weight(x)
         y = w * y + (1 - w) * x  # air far from the head: the input's (never seen in training)
-        del x, w
+        del x, w, needed
         out_lo, out_hi = FIXED_OUTPUT_RANGE if intensity_scale == "fixed" else (lo, hi)
         y = denormalize(y, out_lo, out_hi)
 

@@ -149,3 +149,17 @@ def test_tiled_translation_matches_whole_volume_where_one_window_fits():
     torch.testing.assert_close(one_window, whole)
     assert tiled.shape == x.shape and torch.isfinite(tiled).all()
     assert not torch.allclose(tiled, whole)  # windows see their own instance-norm statistics
+
+
+def test_tiled_translation_skips_windows_with_nothing_needed():
+    torch.manual_seed(4)
+    model = Disarm(get_config("fast", n_scanners=2)).eval()
+    x = torch.rand(1, 1, 24, 24, 24)
+    z, c = torch.zeros(1, 8), one_hot([0], 2)
+    needed = torch.zeros_like(x, dtype=torch.bool)
+    needed[..., :4, :4, :4] = True  # only the first corner's windows run
+    with torch.no_grad():
+        full = model.translate(x, z, c, tile=12)
+        part = model.translate(x, z, c, tile=12, needed=needed)
+    torch.testing.assert_close(part[..., :4, :4, :4], full[..., :4, :4, :4])
+    torch.testing.assert_close(part[..., 18:, 18:, 18:], x[..., 18:, 18:, 18:])
