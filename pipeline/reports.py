@@ -304,7 +304,7 @@ def _image_section(item: ImageOutputs, output_dir: Path, figures: Path) -> str:
         hmeta = item.harmonized_meta.get(desc, {})
         harm = hmeta.get("Harmonization", {})
         parts.append(f"<h3>Harmonization: <code>desc-{html.escape(desc)}</code></h3>")
-        keys = ("Mode", "Target", "Model", "ModelSHA256", "Seed", "IntensityMapping")
+        keys = ("mode", "target", "model", "weights_sha256", "seed", "scanner_code_source")
         parts.append(html_table([(k, harm[k]) for k in keys if k in harm] or [("", "n/a")]))
         after, _ = figs.canonical(nb.load(str(path)))
         if after.shape != head.shape:

@@ -135,11 +135,12 @@ def write_fake_derivatives(
                             ],
                             "SkullStripped": False,
                             "Resolution": RESOLUTION,
-                            "Harmonization": {
-                                "Mode": "scanner-free",
-                                "Model": "disarm-test",
-                                "ModelSHA256": "0" * 64,
-                                "Seed": 0,
+                            "Harmonization": {  # as models.harmonize writes it
+                                "HarmonizationMethod": "DISARM",
+                                "mode": "scanner-free",
+                                "model": "disarm-test",
+                                "weights_sha256": "0" * 64,
+                                "seed": 0,
                             },
                         }
                     )
