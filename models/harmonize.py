@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from . import DEFAULT_MODEL_DIR
 from .checkpoint import CheckpointError, load_model, versions
 from .disarm import Disarm, autocast_for, one_hot
 from .intensity import FIXED_OUTPUT_RANGE, denormalize, normalize, robust_range
@@ -39,7 +40,6 @@ from .networks import NetworkConfig
 
 __all__ = ["Harmonizer", "HarmonizeError", "DEFAULT_MODEL_DIR", "MODES"]
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "default"
 MODES = ("scanner-free", "target", "reference")
 
 

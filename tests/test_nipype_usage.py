@@ -93,3 +93,39 @@ def test_reference_mode_refuses_4d_reference(tmp_path, random_model):
     )
     with pytest.raises(Exception, match="3D|shape"):
         node.run(cwd=str(tmp_path))
+
+
+def test_new_weights_in_the_same_folder_are_not_a_cache_hit(tmp_path):
+    """Retraining into the same model folder changes the node's hash: Nipype reruns it and the
+    sidecar names the new weights; a model swapped after the workflow was built is refused."""
+    model = make_random_model(tmp_path / "model", ["A", "B"], seed=0)
+    in_file = str(_head(tmp_path / "t1w.nii.gz", 0))
+
+    def run():
+        wf = init_harmonize_wf(model_dir=model, device="cpu", name="h")
+        wf.base_dir = str(tmp_path / "work")
+        wf.inputs.inputnode.in_file = in_file
+        node = wf.get_node("disarm_harmonize")
+        return wf, node
+
+    wf, node = run()
+    first = node.inputs.get_hashval()[1]
+    wf.run()
+    result = json.loads(
+        (tmp_path / "work" / "h" / "disarm_harmonize" / "harmonized_T1w.json").read_text()
+    )
+    old_sha = result["weights_sha256"]
+
+    make_random_model(tmp_path / "model", ["A", "B"], seed=1)  # retrained in place
+    wf, node = run()
+    assert node.inputs.get_hashval()[1] != first
+    wf.run()
+    result = json.loads(
+        (tmp_path / "work" / "h" / "disarm_harmonize" / "harmonized_T1w.json").read_text()
+    )
+    assert result["weights_sha256"] != old_sha
+
+    stale = DisarmHarmonize(in_file=in_file, model=str(model), model_sha256=old_sha, device="cpu")
+    (tmp_path / "stale").mkdir()
+    with pytest.raises(RuntimeError, match="changed after the workflow was built"):
+        stale.run(cwd=str(tmp_path / "stale"))

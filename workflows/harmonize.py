@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from models import DEFAULT_MODEL_DIR
 from pipeline.interfaces.disarm import DisarmHarmonize, resolve_device
+
+
+def model_sha256(model_dir: Path | str | None) -> str | None:
+    """The ``weights_sha256`` of a model card (``None`` = the shipped model), or ``None`` when
+    there is no readable card (the node then fails with the loader's clear error)."""
+    card = Path(model_dir or DEFAULT_MODEL_DIR) / "model_card.json"
+    try:
+        return str(json.loads(card.read_text())["weights_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def init_harmonize_wf(
@@ -78,6 +90,9 @@ def init_harmonize_wf(
         harmonize.inputs.target_scanner = target_scanner
     if model_dir:
         harmonize.inputs.model = str(model_dir)
+    sha = model_sha256(model_dir)
+    if sha:  # the weights' checksum enters the node's hash: a changed model is not a cache hit
+        harmonize.inputs.model_sha256 = sha
     # fmt: off
     workflow.connect([
         (inputnode, harmonize, [("in_file", "in_file")]),

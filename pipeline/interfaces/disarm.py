@@ -38,6 +38,9 @@ class _DisarmHarmonizeInputSpec(BaseInterfaceInputSpec):
     )
     target_scanner = traits.Str(desc="training scanner name (mode target)")
     reference_file = File(exists=True, desc="image whose scanner to imitate (mode reference)")
+    model_sha256 = traits.Str(
+        desc="sha256 of the model's weights: part of the node's hash, so a changed model reruns"
+    )
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="where the network runs")
     seed = traits.Int(0, usedefault=True, desc="random seed (recorded)")
     num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
@@ -76,6 +79,13 @@ class DisarmHarmonize(SimpleInterface):
         if isdefined(self.inputs.reference_file):
             reference = nb.load(self.inputs.reference_file)
         harmonizer = Harmonizer.from_dir(model, device=resolve_device(self.inputs.device))
+        expected = self.inputs.model_sha256 if isdefined(self.inputs.model_sha256) else None
+        if expected and harmonizer.card["weights_sha256"] != expected:
+            raise RuntimeError(
+                f"the model in {harmonizer.model_dir} changed after the workflow was built "
+                f"(weights sha256 {harmonizer.card['weights_sha256'][:12]}..., "
+                f"expected {expected[:12]}...)"
+            )
         image = nb.load(self.inputs.in_file)
         out_img, provenance = harmonizer.harmonize(
             image,
