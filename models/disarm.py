@@ -134,6 +134,7 @@ class Disarm(nn.Module):
         c: torch.Tensor,
         tile: int | None = None,
         needed: torch.Tensor | None = None,
+        batch: int = 2,
     ) -> torch.Tensor:
         """G(E_b(x), z, c) at x's size; with ``tile``, window by window (see :func:`windows`).
 
@@ -141,23 +142,31 @@ class Disarm(nn.Module):
         whole head with its background: windows of about the training patch size, overlapping
         by half and blended with a smooth weight, keep inference where training was.
         ``needed`` (bool, x's shape): windows with no needed voxel are skipped and their voxels
-        keep x's values.
+        keep x's values. x holds one image (B = 1); its windows run ``batch`` at a time (on a
+        CPU, PyTorch takes its slow direct 3D convolution for a batch of one small volume, and
+        oneDNN's for two or more: two windows at once cost what one costs alone).
         """
         size = tuple(x.shape[2:])
         if tile is None or all(s <= tile for s in size):
             zb, x_pad = self.content(x)
             return self.generate(zb, z, c, x_pad, size)
+        if x.shape[0] != 1:
+            raise ValueError("windowed translation takes one image at a time")
+        boxes = [
+            box for box in windows(size, tile) if needed is None or bool(needed[(..., *box)].any())
+        ]
         out = torch.zeros_like(x, dtype=torch.float32)
         weight = torch.zeros_like(out)
-        for box in windows(size, tile):
-            if needed is not None and not bool(needed[(..., *box)].any()):
-                continue
-            xs = x[(..., *box)]
+        for first in range(0, len(boxes), max(1, batch)):
+            group = boxes[first : first + max(1, batch)]
+            xs = torch.cat([x[(..., *box)] for box in group])
+            n, shape = len(group), tuple(xs.shape[2:])
             zb, x_pad = self.content(xs)
-            y = self.generate(zb, z, c, x_pad, tuple(xs.shape[2:])).float()
-            w = _blend_weight(tuple(xs.shape[2:]), x.device)
-            out[(..., *box)] += w * y
-            weight[(..., *box)] += w
+            ys = self.generate(zb, z.expand(n, -1), c.expand(n, -1), x_pad, shape).float()
+            w = _blend_weight(shape, x.device)
+            for box, y in zip(group, ys, strict=True):
+                out[(..., *box)] += w * y
+                weight[(..., *box)] += w
         return torch.where(weight > 0, out / weight.clamp_min(1e-12), x.float())
 
     def inference_modules(self) -> list[nn.Module]:

@@ -106,6 +106,7 @@ class Harmonizer:
         self.cfg = model.cfg
         self.amp = False  # bf16 autocast; off: fp32 is fast enough and exact
         self.tile = inference_tile(card)
+        self.window_batch = 2  # windows per network call (see Disarm.translate)
 
     @classmethod
     def from_dir(
@@ -189,7 +190,7 @@ class Harmonizer:
         w = head_weight(x[0, 0].cpu().numpy())
         needed = torch.from_numpy(w > 0)[None, None].to(self.device)
         with ac:
-            y = m.translate(x, z, c, tile=self.tile, needed=needed)
+            y = m.translate(x, z, c, tile=self.tile, needed=needed, batch=self.window_batch)
         y = y[0, 0].float().cpu().numpy()
         x = x[0, 0].float().cpu().numpy()
         y = w * y + (1 - w) * x  # air far from the head: the input's (never seen in training)
@@ -227,6 +228,7 @@ class Harmonizer:
             "inference": {
                 "window": self.tile,
                 "window_overlap": "at least half a window, sine-weighted blend",
+                "windows_per_call": self.window_batch,
                 "outside_head": "input kept (soft head mask, models.harmonize.head_weight)",
             },
             "device": self.device.type,

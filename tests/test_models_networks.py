@@ -163,3 +163,17 @@ def test_tiled_translation_skips_windows_with_nothing_needed():
         part = model.translate(x, z, c, tile=12, needed=needed)
     torch.testing.assert_close(part[..., :4, :4, :4], full[..., :4, :4, :4])
     torch.testing.assert_close(part[..., 18:, 18:, 18:], x[..., 18:, 18:, 18:])
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_windows_run_in_batches_give_the_one_by_one_result(batch):
+    torch.manual_seed(5)
+    model = Disarm(get_config("fast", n_scanners=2)).eval()
+    x = torch.rand(1, 1, 26, 24, 30)
+    z, c = torch.randn(1, 8), one_hot([1], 2)
+    with torch.no_grad():
+        single = model.translate(x, z, c, tile=12, batch=1)
+        batched = model.translate(x, z, c, tile=12, batch=batch)
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="one image"):
+        model.translate(x.expand(2, -1, -1, -1, -1), z, c, tile=12)
