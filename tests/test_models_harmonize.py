@@ -4,6 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from models import evaluate
 from models.checkpoint import CheckpointError, write_model_dir
@@ -151,3 +152,18 @@ def test_inference_tile_follows_the_training_patch():
     assert inference_tile({"config": cfg, "training": {"patch_size": 30}}) == 48
     assert inference_tile({"config": cfg, "training": {"patch_size": None}}) is None
     assert inference_tile({"config": cfg}) is None
+
+
+def test_fine_detail_sees_blur_but_not_a_contrast_change():
+    data = phantom((30, 32, 28)).get_fdata(dtype=np.float32)
+    data += np.random.default_rng(1).normal(0, 60, data.shape).astype(np.float32) * (data > 100)
+    img = nib.Nifti1Image(data, np.eye(4))
+    same = evaluate.fine_detail(img, img)
+    assert same["energy_ratio"] == pytest.approx(1.0) and same["correlation"] == pytest.approx(1.0)
+    # a smooth, monotone change of contrast keeps the fine band
+    brighter = nib.Nifti1Image(np.sqrt(np.clip(data, 0, None)) * 40, np.eye(4))
+    kept = evaluate.fine_detail(img, brighter)
+    assert kept["energy_ratio"] > 0.8 and kept["correlation"] > 0.95
+    # a blur to twice the voxel size removes most of it
+    blurred = nib.Nifti1Image(ndimage.gaussian_filter(data, 2 / 2.355), np.eye(4))
+    assert evaluate.fine_detail(img, blurred)["energy_ratio"] < 0.5
