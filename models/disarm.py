@@ -356,8 +356,14 @@ class DisarmTrainer:
             zb_rb, zb_ra = zb_r.split(n)  # fake_a carries b's content
             zs_ra, zs_rb = zs_r.split(n)
             pad_fa, pad_fb = pad_r.split(n)
-            cyc_a = m.generate(zb_ra, zs_ra, ca, pad_fb, size)
-            cyc_b = m.generate(zb_rb, zs_rb, cb, pad_fa, size)
+            # both cycles in one call: a batch of one would take the slow CPU convolution
+            cyc = m.generate(
+                torch.cat([zb_ra, zb_rb]),
+                torch.cat([zs_ra, zs_rb]),
+                c,
+                torch.cat([pad_fb, pad_fa]),
+                size,
+            )
 
         # 3. image discriminators: real vs fakes from encoded codes / from random codes
         fake_rand = torch.cat([fa.split(n)[2], fb.split(n)[2]])
@@ -387,7 +393,7 @@ class DisarmTrainer:
         adv_s = L.adv_s(pf, True)
         cls_s = L.cls_s(pcls, c)
         rec = L.rec(x, torch.cat([self_a, self_b]))
-        cc = L.cc(x, torch.cat([cyc_a, cyc_b]))
+        cc = L.cc(x, cyc)
         kl = L.kl(mu, logvar)
         klc = L.kl_content(zb)
         loss = (
