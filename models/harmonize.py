@@ -38,7 +38,7 @@ from .disarm import Disarm, autocast_for, one_hot
 from .intensity import FIXED_OUTPUT_RANGE, denormalize, normalize, robust_range
 from .networks import NetworkConfig
 
-__all__ = ["Harmonizer", "HarmonizeError", "DEFAULT_MODEL_DIR", "MODES"]
+__all__ = ["Harmonizer", "HarmonizeError", "DEFAULT_MODEL_DIR", "MODES", "grid_warnings"]
 
 MODES = ("scanner-free", "target", "reference")
 
@@ -82,6 +82,25 @@ def head_weight(x: np.ndarray, dilate: int = 6, sigma: float = 2.0) -> np.ndarra
         head = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
     head = ndimage.binary_fill_holes(ndimage.binary_dilation(head, iterations=dilate))
     return np.clip(ndimage.gaussian_filter(head.astype(np.float32), sigma), 0.0, 1.0)
+
+
+def grid_warnings(img: nib.Nifti1Image, card: dict, tolerance: float = 0.2) -> list[str]:
+    """Sentences saying how ``img`` differs from the grid the model was trained on (voxel size
+    off by more than ``tolerance``, relative, on any axis); empty when it matches or when the
+    card does not record its grid (``training.grid``, written by disarm-train)."""
+    grid = (card.get("training") or {}).get("grid") or {}
+    trained = grid.get("voxel_size_mm")
+    if not trained:
+        return []
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    if all(abs(z - t) <= tolerance * t for z, t in zip(zooms, trained, strict=True)):
+        return []
+    fmt = "x".join
+    return [
+        f"the input has {fmt(f'{z:g}' for z in zooms)} mm voxels but the model was trained on "
+        f"{fmt(f'{t:g}' for t in trained)} mm images (its template grid): register the image "
+        "to that grid first (e.g. the desc-preproc output of disarm-pipeline)"
+    ]
 
 
 def inference_tile(card: dict) -> int | None:
@@ -236,4 +255,7 @@ class Harmonizer:
         }
         if reference is not None:
             meta["reference_shape"] = list(reference.shape)
+        warnings = grid_warnings(img, self.card)
+        if warnings:
+            meta["warnings"] = warnings
         return out, meta

@@ -143,6 +143,25 @@ def _scanner_info(images: list[TrainImage], scanners: list[str]) -> dict:
     return info
 
 
+def grid_summary(images: list[TrainImage]) -> dict:
+    """Voxel size (median per axis) and most common shape of the training images, so that
+    inference can tell when an image is not on the grid the model learned."""
+    import nibabel as nib
+
+    zooms, shapes = [], {}
+    for path in sorted({im.path for im in images}):
+        hdr = nib.load(path).header
+        zooms.append([float(z) for z in hdr.get_zooms()[:3]])
+        shape = tuple(int(n) for n in hdr.get_data_shape()[:3])
+        shapes[shape] = shapes.get(shape, 0) + 1
+    if not zooms:
+        return {}
+    return {
+        "voxel_size_mm": [round(float(v), 4) for v in np.median(zooms, axis=0)],
+        "shape": list(max(shapes, key=shapes.get)),
+    }
+
+
 def _card(opts, cfg, scanners, codes, images, step, world, dev, data_summary) -> dict:
     return {
         "name": opts.name,
@@ -163,6 +182,7 @@ def _card(opts, cfg, scanners, codes, images, step, world, dev, data_summary) ->
             "amp_bf16": opts.amp,
             "elastic_p": opts.elastic_p,
             "content_d_every": opts.content_d_every,
+            "grid": grid_summary(images),
             "data": data_summary or {},
         },
         "loss_weights": LossWeights().to_dict(),

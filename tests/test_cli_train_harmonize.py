@@ -62,6 +62,7 @@ def test_train_bids_resume_and_harmonize(derivatives, tmp_path, capsys):
     assert len(card["scanner_codes"]["Prisma"]) == card["config"]["z_dim"]
     assert card["training"]["steps"] == 2 and card["training"]["seed"] == 0
     assert card["training"]["data"]["images_per_scanner"] == {"Achieva": 2, "Prisma": 2}
+    assert card["training"]["grid"] == {"voxel_size_mm": [1.0, 1.0, 1.0], "shape": list(SHAPE)}
     assert json.loads((out / "latest.json").read_text())["step"] == 2
     assert len((out / "losses.tsv").read_text().splitlines()) == 3  # header + 2 steps
 
@@ -87,6 +88,19 @@ def test_train_bids_resume_and_harmonize(derivatives, tmp_path, capsys):
     assert meta["mode"] == "target" and meta["target"] == "Prisma"
     assert meta["weights_sha256"] == read_card(out / "model")["weights_sha256"]
     assert sorted(p.name for p in dst.parent.iterdir()) == sorted([dst.name, meta_name(dst)])
+    assert "warnings" not in meta and "warning" not in capsys.readouterr().err
+
+    # an image off the training grid (2 mm voxels): harmonized, with a warning said and kept
+    coarse = tmp_path / "coarse.nii.gz"
+    nib.save(nib.Nifti1Image(_head(1), np.diag([2.0, 2.0, 2.0, 1.0])), coarse)
+    coarse_out = tmp_path / "h2" / "coarse_h.nii.gz"
+    assert cli_harmonize.main([str(coarse), str(coarse_out), "--model", str(out / "model")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning" in err and "2x2x2 mm voxels" in err
+    assert (
+        "1x1x1 mm"
+        in json.loads(coarse_out.with_suffix("").with_suffix(".json").read_text())["warnings"][0]
+    )
 
     # bad requests: non-zero exit, one line on stderr
     capsys.readouterr()

@@ -13,6 +13,7 @@ from models.harmonize import (
     DEFAULT_MODEL_DIR,
     HarmonizeError,
     Harmonizer,
+    grid_warnings,
     head_weight,
     inference_tile,
 )
@@ -118,6 +119,11 @@ def test_shipped_default_model_loads():
     out, meta = harmonizer.harmonize(img)
     assert np.allclose(out.affine, img.affine)
     assert meta["weights_sha256"] == harmonizer.card["weights_sha256"]
+    assert "warnings" not in meta  # 1 mm, the grid the shipped model was trained on
+    coarse = nib.Nifti1Image(img.get_fdata(dtype=np.float32), np.diag([1.0, 1.0, 2.5, 1.0]))
+    (warning,) = grid_warnings(coarse, harmonizer.card)
+    assert "1x1x2.5 mm voxels" in warning and "1x1x1 mm" in warning
+    assert grid_warnings(coarse, {"training": {}}) == []  # cards without a grid: no opinion
 
 
 def test_evaluation_helpers(harmonizer):

@@ -128,6 +128,8 @@ def run(args: argparse.Namespace) -> Path:
     except HarmonizeError as exc:
         raise UserError(str(exc), ExitCode.INVALID_BIDS) from None
     meta["Sources"] = [str(args.in_file)]
+    for warning in meta.get("warnings", []):
+        print(f"disarm-harmonize: warning: {warning}", file=sys.stderr)
 
     out_file = args.out_file
     sidecar = out_file.with_name(_nii_stem(out_file) + ".json")

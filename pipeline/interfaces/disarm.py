@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nipype import logging
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -15,6 +16,8 @@ from nipype.interfaces.base import (
 )
 
 from pipeline.provenance import software_versions
+
+_LOG = logging.getLogger("nipype.interface")
 
 
 def resolve_device(device: str) -> str:
@@ -94,6 +97,8 @@ class DisarmHarmonize(SimpleInterface):
             reference=reference,
             seed=self.inputs.seed,
         )
+        for warning in provenance.get("warnings", []):
+            _LOG.warning("DisarmHarmonize: %s", warning)
         provenance = {**provenance, "SoftwareVersions": software_versions(torch=True)}
         out_file = Path(runtime.cwd) / "harmonized_T1w.nii.gz"
         nb.save(out_img, str(out_file))
