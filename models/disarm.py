@@ -155,15 +155,17 @@ class Disarm(nn.Module):
         boxes = [
             box for box in windows(size, tile) if needed is None or bool(needed[(..., *box)].any())
         ]
+        shape = tuple(min(tile, s) for s in size)  # every window's (see windows())
+        w = _blend_weight(shape, x.device)
         out = torch.zeros_like(x, dtype=torch.float32)
         weight = torch.zeros_like(out)
-        for first in range(0, len(boxes), max(1, batch)):
-            group = boxes[first : first + max(1, batch)]
+        batch = max(1, batch)
+        for first in range(0, len(boxes), batch):
+            group = boxes[first : first + batch]
             xs = torch.cat([x[(..., *box)] for box in group])
-            n, shape = len(group), tuple(xs.shape[2:])
+            n = len(group)
             zb, x_pad = self.content(xs)
             ys = self.generate(zb, z.expand(n, -1), c.expand(n, -1), x_pad, shape).float()
-            w = _blend_weight(shape, x.device)
             for box, y in zip(group, ys, strict=True):
                 out[(..., *box)] += w * y
                 weight[(..., *box)] += w

@@ -204,16 +204,17 @@ class Harmonizer:
                 z, _ = m.scanner(self._tensor(normalize(ref, rlo, rhi, clip)), c)
             z = z.float()
             z_source = "encoded from the reference image"
-        x = self._tensor(normalize(data, lo, hi, clip))
+        xn = normalize(data, lo, hi, clip)
         del data
-        w = head_weight(x[0, 0].cpu().numpy())
+        w = head_weight(xn)
         needed = torch.from_numpy(w > 0)[None, None].to(self.device)
         with ac:
-            y = m.translate(x, z, c, tile=self.tile, needed=needed, batch=self.window_batch)
+            y = m.translate(
+                self._tensor(xn), z, c, tile=self.tile, needed=needed, batch=self.window_batch
+            )
         y = y[0, 0].float().cpu().numpy()
-        x = x[0, 0].float().cpu().numpy()
-        y = w * y + (1 - w) * x  # air far from the head: the input's (never seen in training)
-        del x, w, needed
+        y = w * y + (1 - w) * xn  # air far from the head: the input's (never seen in training)
+        del xn, w, needed
         out_lo, out_hi = FIXED_OUTPUT_RANGE if intensity_scale == "fixed" else (lo, hi)
         y = denormalize(y, out_lo, out_hi)
 

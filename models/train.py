@@ -162,7 +162,7 @@ def grid_summary(images: list[TrainImage]) -> dict:
     }
 
 
-def _card(opts, cfg, scanners, codes, images, step, world, dev, data_summary) -> dict:
+def _card(opts, cfg, scanners, codes, images, grid, step, world, dev, data_summary) -> dict:
     return {
         "name": opts.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -182,7 +182,7 @@ def _card(opts, cfg, scanners, codes, images, step, world, dev, data_summary) ->
             "amp_bf16": opts.amp,
             "elastic_p": opts.elastic_p,
             "content_d_every": opts.content_d_every,
-            "grid": grid_summary(images),
+            "grid": grid,
             "data": data_summary or {},
         },
         "loss_weights": LossWeights().to_dict(),
@@ -247,13 +247,14 @@ def train(
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
 
     codes_at: dict[int, dict] = {}
+    grid = grid_summary(images)  # read once: every checkpoint's card carries it
 
     def save(step: int, final: bool = False) -> Path:
         if step not in codes_at:  # the final model reuses the last checkpoint's codes
             codes_at.clear()
             codes_at[step] = scanner_codes(model, sampler, opts.code_images, opts.seed)
         codes = codes_at[step]
-        card = _card(opts, cfg, scanners, codes, images, step, world, device, data_summary)
+        card = _card(opts, cfg, scanners, codes, images, grid, step, world, device, data_summary)
         state = model.state_dict()
         if final:
             return write_model_dir(out / "model", state, card)
