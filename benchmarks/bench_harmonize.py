@@ -62,7 +62,8 @@ _TRAIN = r"""
 import json, resource, time
 import torch
 torch.set_num_threads({threads})
-from models.disarm import Disarm, DisarmTrainer, one_hot
+from models.disarm import Disarm, one_hot
+from models.trainer import DisarmTrainer
 from models.networks import get_config
 torch.manual_seed(0)
 m = Disarm(get_config("fast", n_scanners=5))

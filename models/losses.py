@@ -1,4 +1,12 @@
-"""The DISARM losses, named as in METHOD.md, with the reference weights as defaults."""
+"""The DISARM losses, named as in METHOD.md, with the reference weights as defaults.
+
+Three more, for travelling heads (one head simulated on two scanners; the paper's future
+work), used only when a training pair is one: ``pair_content`` (the content codes of the two
+versions agree), ``pair_free`` (their scanner-free outputs agree) and ``anchor`` (the
+scanner-free output of a simulated head is the clean head: the scanner-free space keeps the
+tissue contrast and the differences between people, rather than drifting to whatever the
+seven unpaired losses allow).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +15,25 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LossWeights", "adv_b", "adv_s", "cls_s", "cc", "rec", "kl", "kl_content", "lat"]
+__all__ = [
+    "LossWeights",
+    "adv_b",
+    "adv_s",
+    "cls_s",
+    "cc",
+    "rec",
+    "kl",
+    "kl_content",
+    "lat",
+    "pair_content",
+    "pair_free",
+    "anchor",
+]
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Reference weights (METHOD.md, "Losses")."""
+    """Reference weights (METHOD.md, "Losses"), and those of the travelling-head losses."""
 
     adv_b: float = 1.0  #: content adversarial, E_b fooling D_b
     adv_s: float = 1.0  #: image adversarial, generator side
@@ -23,6 +44,9 @@ class LossWeights:
     kl: float = 0.01  #: KL of the scanner code to N(0, I)
     kl_content: float = 0.01  #: mean(z_b^2)
     lat: float = 8.0  #: latent regression L1
+    pair_content: float = 2.0  #: travelling heads: content codes agree (L1)
+    pair_free: float = 5.0  #: travelling heads: scanner-free outputs agree (L1)
+    anchor: float = 10.0  #: travelling heads: scanner-free output = the clean head (L1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,3 +94,19 @@ def kl_content(zb: torch.Tensor) -> torch.Tensor:
 def lat(mu: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """L_lat: E_s(G(z_b, z, c), c).mu vs z, L1."""
     return (mu.float() - z.float()).abs().mean()
+
+
+def pair_content(zb_a: torch.Tensor, zb_b: torch.Tensor) -> torch.Tensor:
+    """Travelling heads: L1 between the content codes of one head from two scanners."""
+    return (zb_a.float() - zb_b.float()).abs().mean()
+
+
+def pair_free(free_a: torch.Tensor, free_b: torch.Tensor) -> torch.Tensor:
+    """Travelling heads: L1 between the scanner-free outputs of one head from two scanners."""
+    return (free_a.float() - free_b.float()).abs().mean()
+
+
+def anchor(free: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Travelling heads: L1 between scanner-free outputs and the clean head (both normalized
+    by their robust range, so a global gain or offset is not counted)."""
+    return (free.float() - clean.float()).abs().mean()

@@ -18,9 +18,10 @@ from models.checkpoint import (
     sha256_file,
     write_model_dir,
 )
-from models.disarm import Disarm, DisarmTrainer, one_hot
+from models.disarm import Disarm, one_hot
 from models.harmonize import Harmonizer
 from models.networks import get_config
+from models.trainer import DisarmTrainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from models import losses as L
-from models.disarm import Disarm, DisarmTrainer, one_hot
+from models.disarm import Disarm, one_hot
 from models.networks import get_config
+from models.trainer import LOSS_NAMES, DisarmTrainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,23 +32,28 @@ def test_every_loss_finite_and_differentiable():
         "kl": (L.kl(mu, logvar), logvar),
         "kl_content": (L.kl_content(zb), zb),
         "lat": (L.lat(mu, torch.zeros(2, 8)), mu),
+        "pair_content": (L.pair_content(zb, torch.zeros_like(zb)), zb),
+        "pair_free": (L.pair_free(y, x), y),
+        "anchor": (L.anchor(y, x), y),
     }
     for name, (loss, leaf) in cases.items():
         assert loss.ndim == 0 and torch.isfinite(loss), name
         (grad,) = torch.autograd.grad(loss, leaf)
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0, name
-    # known values: KL of the prior is 0, fooling reverses the target
+    # known values: KL of the prior is 0; fooling reverses the target: logits that name
+    # scanner 0 confidently are a small loss for D_b and a large one for E_b
     assert L.kl(torch.zeros(1, 8), torch.zeros(1, 8)).item() == 0.0
-    assert (
-        L.adv_b(torch.full((1, 2), 10.0), one_hot([0], 2))
-        > L.adv_b(torch.full((1, 2), 10.0), one_hot([0], 2), fool=True) - 10
-    )  # both finite
+    sure = torch.tensor([[10.0, -10.0]])
+    assert L.adv_b(sure, one_hot([0], 2)).item() < 1e-3
+    assert L.adv_b(sure, one_hot([0], 2), fool=True).item() > 9.0
+    assert L.anchor(x, x).item() == 0.0 and L.pair_free(x, x + 0.5).item() == pytest.approx(0.5)
 
 
 def test_reference_weights():
     w = L.LossWeights()
     assert (w.adv_b, w.adv_s, w.cls_s_real, w.cls_s_fake) == (1, 1, 3, 10)
     assert (w.cc, w.rec, w.kl, w.kl_content, w.lat) == (10, 10, 0.01, 0.01, 8)
+    assert min(w.pair_content, w.pair_free, w.anchor) > 0
 
 
 def test_lr_decays_linearly_to_zero_over_second_half():
@@ -101,3 +107,73 @@ def test_update_order_only_touches_the_right_networks():
     for prefix in ("enc_b.", "enc_s.", "gen.", "dis_b.", "dis_enc.", "dis_rand."):
         changed = any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix))
         assert changed, prefix
+
+
+def _record_updates(tr: DisarmTrainer) -> list[str]:
+    """Names of the optimizers stepped, in order."""
+    calls: list[str] = []
+    for name, opt in tr.optims.items():
+        step = opt.step
+
+        def wrapped(*a, _name=name, _step=step, **k):
+            calls.append(_name)
+            return _step(*a, **k)
+
+        opt.step = wrapped
+    return calls
+
+
+def test_update_order_and_content_d_alone():
+    """N = 2 (reference): D_b alone on one batch, then the full iteration without D_b, whose
+    second pass updates E_b and G only. N = 1: D_b first on every batch."""
+    torch.manual_seed(0)
+    xa, xb = _volumes(2)
+    ca, cb = one_hot([0], 2), one_hot([1], 2)
+    tr = DisarmTrainer(Disarm(get_config("fast", n_scanners=2)), total_steps=10, content_d_every=2)
+    calls = _record_updates(tr)
+    first = tr.step(xa, xb, ca, cb)
+    assert calls == ["dis_b"] and set(first) == {"D_b"}
+    calls.clear()
+    tr.step(xa, xb, ca, cb)
+    assert calls == ["dis_enc", "dis_rand", "enc_b", "enc_s", "gen", "enc_b", "gen"]
+    tr1 = DisarmTrainer(Disarm(get_config("fast", n_scanners=2)), total_steps=10)
+    calls1 = _record_updates(tr1)
+    tr1.step(xa, xb, ca, cb)
+    assert calls1 == ["dis_b", "dis_enc", "dis_rand", "enc_b", "enc_s", "gen", "enc_b", "gen"]
+
+
+def test_second_pass_draws_a_fresh_random_code():
+    torch.manual_seed(0)
+    model = Disarm(get_config("fast", n_scanners=2))
+    tr = DisarmTrainer(model, total_steps=10)
+    codes = []
+    generate = model.generate
+
+    def spy(zb, z, c, x_pad, size):
+        codes.append(z.detach().clone())
+        return generate(zb, z, c, x_pad, size)
+
+    model.generate = spy
+    xa, xb = _volumes(3)
+    tr.step(xa, xb, one_hot([0], 2), one_hot([1], 2))
+    first_random = codes[0][2:]  # content [b, a, b], code [a, a, random]
+    second = codes[-1][:1]
+    assert first_random.shape == second.shape
+    assert not torch.allclose(first_random, second)
+
+
+def test_travelling_heads_add_their_losses_and_learn_the_anchor():
+    """With a clean target, the step reports pair_content, pair_free and anchor, and a few
+    steps on one travelling head bring the scanner-free output toward the clean head."""
+    torch.manual_seed(0)
+    model = Disarm(get_config("fast", n_scanners=2))
+    tr = DisarmTrainer(model, total_steps=100, lr=1e-3)
+    clean, _ = _volumes(4)
+    xa, xb = clean * 0.7 + 0.1, clean * 1.2 - 0.1
+    ca, cb = one_hot([0], 2), one_hot([1], 2)
+    history = [tr.step(xa, xb, ca, cb, clean) for _ in range(15)]
+    assert {"pair_content", "pair_free", "anchor"} <= set(history[0]) <= set(LOSS_NAMES)
+    anchor = [h["anchor"] for h in history]
+    assert sum(anchor[-3:]) / 3 < 0.8 * sum(anchor[:2]) / 2
+    plain = tr.step(xa, xb, ca, cb)
+    assert "anchor" not in plain

@@ -29,8 +29,11 @@ class AnatomyEncoder(nn.Module):
         )
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: bool | None = None) -> torch.Tensor:
+        """``noise``: add N(0, 1) to the code (default: in training mode, if configured)."""
         z = self.net(x)
-        if self.training and self.add_noise:
+        if noise is None:
+            noise = self.training and self.add_noise
+        if noise:
             z = z + torch.randn_like(z)
         return z

@@ -18,6 +18,12 @@ class NetworkConfig:
     detail that resolution loses is added back from the input (``y = up(G) + x - up(down(x))``);
     ``"affine"`` = it draws a smooth per-voxel gain and offset, upsampled and applied to the
     full-resolution input (``y = exp(g) * x + b``; the identity solves L_rec and L_cc).
+    ``upsample``: how G doubles its size: ``"resize"`` (trilinear x2, then a 3x3x3 conv: no
+    checkerboard) or ``"transpose"`` (the reference's ConvTranspose3d(k=3, stride=2), whose
+    kernel overlaps unevenly and prints a period-2 grid; Odena et al., Distill 2016).
+    ``detail_gate``: with ``output="detail"``, G also draws a gate in [0, 1] that scales the
+    input's detail band (``y = up(G) + up(gate) * (x - up(down(x)))``), so noise in flat
+    tissue need not pass through untouched while edges keep their detail.
     """
 
     name: str = "reference"
@@ -34,6 +40,8 @@ class NetworkConfig:
     disc_channels: tuple[int, ...] = (8, 16, 32, 64, 128)  #: image discriminator trunk
     content_disc_channels: tuple[int, ...] = (16, 16, 32)  #: D_b
     clip_max: float = 1.0  #: upper clip of normalized intensities ([-1, clip_max])
+    upsample: str = "resize"  #: "resize" (trilinear + conv) or "transpose" (reference)
+    detail_gate: bool = False  #: learn a gate on the detail band (only with output="detail")
 
     def __post_init__(self) -> None:
         if self.n_scanners < 2:
@@ -42,6 +50,8 @@ class NetworkConfig:
             raise ValueError("io_downsample must be 1, 2 or 4")
         if self.output not in ("image", "detail", "affine"):
             raise ValueError("output must be 'image', 'detail' or 'affine'")
+        if self.upsample not in ("resize", "transpose"):
+            raise ValueError("upsample must be 'resize' or 'transpose'")
         if self.output == "image" and self.clip_max != 1.0:
             raise ValueError("output='image' ends in tanh: clip_max must be 1.0")
 
@@ -60,18 +70,27 @@ class NetworkConfig:
         if unknown:
             raise ValueError(f"unknown network configuration field(s): {', '.join(unknown)}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        # cards written before these fields existed: transposed convolutions, no gate
+        d.setdefault("upsample", "transpose")
         return cls(**d)
 
 
 def reference_config(n_scanners: int = 5) -> NetworkConfig:
-    """The reference code's layer sizes (1.08 M parameters for five scanners)."""
+    """The reference code's layer sizes (1.08 M parameters for five scanners), upsampling by
+    resize-convolution (``upsample="transpose"`` restores the reference's own layers)."""
     return NetworkConfig(name="reference", n_scanners=n_scanners)
 
 
 def fast_config(n_scanners: int = 5) -> NetworkConfig:
-    """The shipped configuration: reference widths, run at half resolution, detail output."""
+    """The shipped configuration: reference widths, run at half resolution, gated detail
+    output, resize-convolution upsampling."""
     return NetworkConfig(
-        name="fast", n_scanners=n_scanners, io_downsample=2, output="detail", clip_max=2.0
+        name="fast",
+        n_scanners=n_scanners,
+        io_downsample=2,
+        output="detail",
+        clip_max=2.0,
+        detail_gate=True,
     )
 
 
