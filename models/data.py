@@ -10,7 +10,10 @@ Two kinds of scanner domain:
   i mod K only (disjoint subjects per scanner, like real multi-site data).
 
 Each sample draws two different scanners uniformly, then one random image of each (the
-reference draws a random scanner, then a random image of it). On CPU a random patch
+reference draws a random scanner, then a random image of it). Simulated domains can be
+randomised (each draw a new scanner of the profile's family) and paired (one head on both
+scanners, voxel-aligned, with the clean head as a target: a travelling head). Real domains
+with ages can be paired by age. On CPU a random patch
 (``patch_size``) centred on a random head voxel is cut; ``patch_size=None`` gives whole
 volumes (GPU). TorchIO's RandomElasticDeformation(num_control_points=10, locked_borders=2,
 max_displacement=8) is applied with probability ``elastic_p`` (0.7, ref). Whole volumes go
@@ -23,18 +26,19 @@ TorchIO for every 64^3 patch cost more than the training step itself.
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import nibabel as nib
 import numpy as np
 import torch
 
 from .intensity import normalize, robust_range
-from .simulate import ScannerProfile, apply_profile, robust_max
+from .scanners import ScannerProfile, sample_profile
+from .simulate import apply_profile, blur_margin, robust_max
+from .tissue import TissueModel, fit_tissue_model, soft_brain, tissue_weights
 
 __all__ = ["TrainImage", "VolumeStore", "PairSampler", "Prefetcher", "build_simulated"]
 
@@ -44,16 +48,26 @@ _ELASTIC_MARGIN = 9
 
 @dataclass(frozen=True)
 class TrainImage:
-    """One training image: file and scanner label (and a profile for simulated domains)."""
+    """One training image: file and scanner label (and a profile for simulated domains).
+
+    ``brain_mask``: a brain mask on the image's grid (the template's, for images in template
+    space): the simulator changes CSF, GM and WM inside it and non-brain tissue outside.
+    ``age``: the participant's age when known (age-matched pair sampling of real domains).
+    """
 
     path: str
     scanner: str
     profile: ScannerProfile | None = None
     subject: str = ""
+    brain_mask: str | None = None
+    age: float | None = None
 
 
 def build_simulated(
-    paths: list[str], profiles: list[ScannerProfile], assign: str = "all"
+    paths: list[str],
+    profiles: list[ScannerProfile],
+    assign: str = "all",
+    brain_mask: str | None = None,
 ) -> list[TrainImage]:
     """Turn clean images into K simulated scanner domains (see the module docstring)."""
     if assign not in ("all", "split"):
@@ -64,7 +78,7 @@ def build_simulated(
     for i, p in enumerate(paths):
         for k, prof in enumerate(profiles):
             if assign == "all" or i % len(profiles) == k:
-                out.append(TrainImage(str(p), prof.name, prof))
+                out.append(TrainImage(str(p), prof.name, prof, brain_mask=brain_mask))
     return out
 
 
@@ -73,9 +87,13 @@ class _Volume:
     data: np.ndarray  # float16; clean / robust max for simulated use, else raw normalized
     voxel_size: tuple[float, float, float]
     centres: np.ndarray  # (N, 3) head voxels to centre patches on
-    lo: float = -1.0
-    hi: float = 1.0
-    sim_ranges: dict = field(default_factory=dict)
+    clean_range: tuple[float, float] = (0.0, 1.0)  # robust range of ``data`` (clean target)
+    tissue: TissueModel | None = None  # simulated use: CSF/GM/WM mixture of the clean head
+    brain: np.ndarray | None = None  # soft brain weight on the grid (shared), or None
+    sub_weights: np.ndarray | None = None  # tissue weights of the 1-in-4 subsample
+
+
+_SUB = 4  # subsampling of the whole-volume intensity range estimate of a simulated draw
 
 
 class VolumeStore:
@@ -84,9 +102,25 @@ class VolumeStore:
     def __init__(self, clip_max: float = 1.0) -> None:
         self.clip_max = clip_max
         self._cache: dict[tuple[str, bool], _Volume] = {}
+        self._brains: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: str, simulated: bool) -> _Volume:
+    def _brain(self, path: str | None, shape: tuple[int, ...]) -> np.ndarray | None:
+        if path is None:
+            return None
+        if path not in self._brains:
+            mask = np.asarray(nib.load(path).dataobj) > 0
+            self._brains[path] = soft_brain(mask).astype(np.float16)
+        brain = self._brains[path]
+        if brain.shape != shape:
+            warnings.warn(
+                f"{path}: brain mask grid {brain.shape} is not the image grid {shape}",
+                stacklevel=2,
+            )
+            return None
+        return brain
+
+    def get(self, path: str, simulated: bool, brain_mask: str | None = None) -> _Volume:
         key = (path, simulated)
         with self._lock:
             if key in self._cache:
@@ -96,9 +130,18 @@ class VolumeStore:
             raise ValueError(f"{path}: training images must be 3D, got shape {img.shape}")
         raw = np.asarray(img.dataobj, dtype=np.float32)
         vs = tuple(float(v) for v in img.header.get_zooms()[:3])
+        vol = _Volume(raw, vs, np.zeros((0, 3), int))
         if simulated:
             data = raw / robust_max(raw)  # the simulator's working range
             fg = data > 0.1
+            with self._lock:
+                brain = self._brain(brain_mask, data.shape)
+            vol.brain = brain
+            vol.tissue = fit_tissue_model(data, None if brain is None else brain > 0.5)
+            sub = data[::_SUB, ::_SUB, ::_SUB]
+            bsub = None if brain is None else brain[::_SUB, ::_SUB, ::_SUB].astype(np.float32)
+            vol.sub_weights = tissue_weights(sub, vol.tissue, bsub).astype(np.float16)
+            vol.clean_range = robust_range(data)
         else:
             lo, hi = robust_range(raw)
             data = normalize(raw, lo, hi, self.clip_max)
@@ -106,18 +149,18 @@ class VolumeStore:
         idx = np.argwhere(fg[::4, ::4, ::4]) * 4
         if len(idx) == 0:
             idx = np.array([[s // 2 for s in data.shape]])
-        vol = _Volume(data.astype(np.float16), vs, idx)
+        vol.data, vol.centres = data.astype(np.float16), idx
         with self._lock:
             self._cache[key] = vol
         return vol
 
     def sim_range(self, vol: _Volume, profile: ScannerProfile) -> tuple[float, float]:
-        """Robust range of the whole simulated volume, estimated on a 1-in-3 subsample."""
-        if profile.name not in vol.sim_ranges:
-            sub = vol.data[::3, ::3, ::3].astype(np.float32)
-            sim = apply_profile(sub, profile, voxel_size_mm=tuple(3 * v for v in vol.voxel_size))
-            vol.sim_ranges[profile.name] = robust_range(sim)
-        return vol.sim_ranges[profile.name]
+        """Robust range of the whole simulated volume, estimated on a 1-in-4 subsample (each
+        randomised draw is a new scanner, so nothing is cached)."""
+        sub = vol.data[::_SUB, ::_SUB, ::_SUB].astype(np.float32)
+        tissue = None if vol.tissue is None else (vol.sub_weights.astype(np.float32), vol.tissue)
+        vs = tuple(_SUB * v for v in vol.voxel_size)
+        return robust_range(apply_profile(sub, profile, voxel_size_mm=vs, tissue=tissue))
 
 
 def _seeded_elastic():
@@ -206,8 +249,30 @@ def _cut(data: np.ndarray, start, size) -> np.ndarray:
     return out
 
 
+@dataclass
+class Pair:
+    """One training sample: images of scanners ``ka`` and ``kb`` ((1, 1, ...) tensors each);
+    ``clean``: for a travelling head (both simulated from one head, same patch, same
+    deformation), that head itself, normalized by its own robust range; else ``None``."""
+
+    xa: torch.Tensor
+    xb: torch.Tensor
+    ka: int
+    kb: int
+    clean: torch.Tensor | None = None
+
+
 class PairSampler:
-    """Draws (x_a, x_b, label_a, label_b): two different scanners, one random image each."""
+    """Draws :class:`Pair` samples: two different scanners, one random image each.
+
+    ``randomize``: a simulated image whose profile names a family gets a fresh scanner of that
+    family at every draw (domain randomisation; the label stays the family's).
+    ``paired``: when both scanners simulate the same clean heads, a pair is one head on both
+    scanners (a travelling head), voxel-aligned, with the clean head as ``Pair.clean``.
+    ``age_window``: for real domains with ages (``TrainImage.age``), the second image is drawn
+    among those within this many years of the first (when there are any), so that an age
+    difference between sites is not learned as their scanner.
+    """
 
     def __init__(
         self,
@@ -217,7 +282,10 @@ class PairSampler:
         patch_size: int | None = 64,
         elastic_p: float = 0.7,
         clip_max: float = 1.0,
-        seed: int = 0,
+        seed=0,
+        randomize: bool = False,
+        paired: bool = False,
+        age_window: float | None = None,
     ) -> None:
         self.scanners = list(scanners)
         self.by_scanner = {s: [im for im in images if im.scanner == s] for s in self.scanners}
@@ -231,72 +299,142 @@ class PairSampler:
         self.clip_max = clip_max
         self.store = VolumeStore(clip_max)
         self.rng = np.random.default_rng(seed)
+        self.randomize = randomize
+        self.age_window = age_window
+        self.paired = paired and self._travelling()
         self._elastic = None
+
+    def _travelling(self) -> bool:
+        """True when every scanner simulates the same set of clean images."""
+        paths = [
+            {im.path for im in pool if im.profile is not None} for pool in self.by_scanner.values()
+        ]
+        sizes = [len(pool) for pool in self.by_scanner.values()]
+        return all(p == paths[0] and len(p) == n for p, n in zip(paths, sizes, strict=True))
 
     def _elastic_tf(self):
         if self._elastic is None:
             self._elastic = _seeded_elastic()
         return self._elastic
 
-    def load(self, im: TrainImage, rng: np.random.Generator, size=None) -> np.ndarray:
-        """One normalized sample of ``im``: a patch (``size``) or the whole volume."""
-        vol = self.store.get(im.path, im.profile is not None)
-        shape = vol.data.shape
-        deform = rng.random() < self.elastic_p
-        margin_d = _ELASTIC_MARGIN if deform and size is not None else 0
+    def _profile(self, im: TrainImage, rng: np.random.Generator) -> ScannerProfile | None:
+        prof = im.profile
+        if prof is not None and self.randomize and prof.family:
+            return sample_profile(prof.family, rng)
+        return prof
+
+    def _box(self, vol: _Volume, rng: np.random.Generator, size: int | None, deform: bool):
+        """(start, box): the whole volume, or a patch (2 x 9 voxels larger when deformed: it is
+        resampled with displacements of up to 8 mm) centred near a random head voxel."""
         if size is None:
-            start, box = (0, 0, 0), shape
-        else:
-            # a deformed patch is resampled from a box 2 x 9 voxels larger (8 mm displacement)
-            box = (size + 2 * margin_d,) * 3
-            centre = vol.centres[rng.integers(len(vol.centres))] + rng.integers(0, 4, 3)
-            start = tuple(int(c) - b // 2 for c, b in zip(centre, box, strict=True))
-        if im.profile is None:
-            x = _cut(vol.data, start, box).astype(np.float32)
-        else:
-            prof = im.profile
-            margin = int(math.ceil(prof.blur_fwhm_mm * 0.43 * 3 / min(vol.voxel_size))) + 1
-            region = _cut(vol.data, [s - margin for s in start], [b + 2 * margin for b in box])
-            sim = apply_profile(
-                region.astype(np.float32),
-                prof,
-                voxel_size_mm=vol.voxel_size,
-                seed=int(rng.integers(2**31)),
-                origin_vox=tuple(s - margin for s in start),
-                full_shape=shape,
-            )
-            sim = sim[margin:-margin, margin:-margin, margin:-margin]
-            lo, hi = self.store.sim_range(vol, prof)
-            x = normalize(sim, lo, hi, self.clip_max)
+            return (0, 0, 0), vol.data.shape
+        box = (size + 2 * (_ELASTIC_MARGIN if deform else 0),) * 3
+        centre = vol.centres[rng.integers(len(vol.centres))] + rng.integers(0, 4, 3)
+        return tuple(int(c) - b // 2 for c, b in zip(centre, box, strict=True)), box
+
+    def _render(
+        self, vol: _Volume, prof: ScannerProfile | None, start, box, seed: int
+    ) -> np.ndarray:
+        """The normalized box of ``vol``: as recorded by ``prof``, or clean (``None``)."""
+        if vol.tissue is None:  # a real domain: stored normalized
+            return _cut(vol.data, start, box).astype(np.float32)
+        if prof is None:  # the clean head (travelling-head target)
+            lo, hi = vol.clean_range
+            return normalize(_cut(vol.data, start, box).astype(np.float32), lo, hi, self.clip_max)
+        m = blur_margin(prof, vol.voxel_size) + 2  # + the tissue map's own smoothing
+        r_start = [s - m for s in start]
+        region = _cut(vol.data, r_start, [b + 2 * m for b in box]).astype(np.float32)
+        brain = None if vol.brain is None else _cut(vol.brain, r_start, region.shape)
+        weights = tissue_weights(
+            region, vol.tissue, None if brain is None else brain.astype(np.float32)
+        )
+        sim = apply_profile(
+            region,
+            prof,
+            voxel_size_mm=vol.voxel_size,
+            seed=seed,
+            origin_vox=tuple(r_start),
+            full_shape=vol.data.shape,
+            tissue=(weights, vol.tissue),
+        )[m:-m, m:-m, m:-m]
+        lo, hi = self.store.sim_range(vol, replace(prof))
+        return normalize(sim, lo, hi, self.clip_max)
+
+    def _deform(self, x: np.ndarray, vol: _Volume, size, deform_seed: int | None) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x))[None]
-        if deform and size is None:  # whole volumes: TorchIO itself
+        if deform_seed is None:
+            return t.contiguous()
+        rng = np.random.default_rng(deform_seed)
+        if size is None:  # whole volumes: TorchIO itself
             tf = self._elastic_tf()
             tf.rng = rng
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                t = tf(t).float()
-        elif deform:  # patches: the same deformation model, evaluated on the patch only
-            t = elastic_patch(t, size, margin_d, vol.voxel_size, rng)
-        return t.contiguous()
+                return tf(t).float().contiguous()
+        # patches: the same deformation model, evaluated on the patch only
+        return elastic_patch(t, size, _ELASTIC_MARGIN, vol.voxel_size, rng).contiguous()
 
-    def sample(self, rng: np.random.Generator | None = None):
-        """-> (x_a (1, 1, ...), x_b, label index a, label index b)."""
+    def load(
+        self,
+        im: TrainImage,
+        rng: np.random.Generator,
+        size=None,
+        deform: bool | None = None,
+        profile: ScannerProfile | None = None,
+    ) -> torch.Tensor:
+        """One normalized sample of ``im``: a patch (``size``) or the whole volume.
+
+        ``deform``: elastic augmentation (default: with probability ``elastic_p``);
+        ``profile``: the scanner to simulate (default: ``im``'s, randomised if asked).
+        """
+        vol = self.store.get(im.path, im.profile is not None, im.brain_mask)
+        if deform is None:
+            deform = bool(rng.random() < self.elastic_p)
+        start, box = self._box(vol, rng, size, deform)
+        prof = profile or self._profile(im, rng)
+        x = self._render(vol, prof, start, box, int(rng.integers(2**31)))
+        return self._deform(x, vol, size, int(rng.integers(2**31)) if deform else None)
+
+    def _partner(self, pool: list[TrainImage], first: TrainImage, rng) -> TrainImage:
+        if self.age_window is not None and first.age is not None:
+            near = [
+                im
+                for im in pool
+                if im.age is not None and abs(im.age - first.age) <= self.age_window
+            ]
+            if near:
+                return near[rng.integers(len(near))]
+        return pool[rng.integers(len(pool))]
+
+    def sample(self, rng: np.random.Generator | None = None) -> Pair:
         rng = rng or self.rng
-        ka, kb = rng.choice(len(self.scanners), 2, replace=False)
-        xs = []
-        shape = None
-        for k in (ka, kb):
-            pool = self.by_scanner[self.scanners[k]]
-            im = pool[rng.integers(len(pool))]
-            x = self.load(im, rng, self.patch_size)
-            if shape is not None and x.shape != shape:
-                raise ValueError(
-                    "whole-volume training needs all images on one grid; got "
-                    f"{tuple(shape[1:])} and {tuple(x.shape[1:])} (use patches)"
-                )
-            shape = x.shape
-            xs.append(x[None])
-        return xs[0], xs[1], int(ka), int(kb)
+        ka, kb = (int(k) for k in rng.choice(len(self.scanners), 2, replace=False))
+        pool_a = self.by_scanner[self.scanners[ka]]
+        pool_b = self.by_scanner[self.scanners[kb]]
+        im_a = pool_a[rng.integers(len(pool_a))]
+        if self.paired:
+            return self._travelling_pair(im_a, pool_b, ka, kb, rng)
+        im_b = self._partner(pool_b, im_a, rng)
+        xa = self.load(im_a, rng, self.patch_size)
+        xb = self.load(im_b, rng, self.patch_size)
+        if xa.shape != xb.shape:
+            raise ValueError(
+                "whole-volume training needs all images on one grid; got "
+                f"{tuple(xa.shape[1:])} and {tuple(xb.shape[1:])} (use patches)"
+            )
+        return Pair(xa[None], xb[None], ka, kb)
+
+    def _travelling_pair(self, im_a, pool_b, ka, kb, rng) -> Pair:
+        im_b = next(im for im in pool_b if im.path == im_a.path)
+        vol = self.store.get(im_a.path, True, im_a.brain_mask)
+        deform = bool(rng.random() < self.elastic_p)
+        start, box = self._box(vol, rng, self.patch_size, deform)
+        deform_seed = int(rng.integers(2**31)) if deform else None
+        out = []
+        for prof in (self._profile(im_a, rng), self._profile(im_b, rng), None):
+            x = self._render(vol, prof, start, box, int(rng.integers(2**31)))
+            out.append(self._deform(x, vol, self.patch_size, deform_seed)[None])
+        return Pair(out[0], out[1], ka, kb, out[2])
 
 
 class Prefetcher:

@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from . import DEFAULT_MODEL_DIR
 from .checkpoint import CheckpointError, load_model, versions
-from .disarm import Disarm, autocast_for, one_hot
+from .disarm import Disarm, autocast_for, one_hot, windows
 from .intensity import FIXED_OUTPUT_RANGE, denormalize, normalize, robust_range
 from .networks import NetworkConfig
 
@@ -164,6 +164,20 @@ class Harmonizer:
         return one_hot([self.scanners.index(target)], n, self.device)
 
     @torch.inference_mode()
+    def reference_code(self, xn: np.ndarray, c: torch.Tensor) -> torch.Tensor:
+        """E_s code (mu, (1, z_dim)) of a normalized image, seen as E_s saw images in
+        training: the mean over windows of the training patch size that lie mostly in the head
+        (the whole image for a model trained on whole volumes)."""
+        patch = (self.card.get("training") or {}).get("patch_size")
+        if not patch or all(n <= patch for n in xn.shape):
+            return self.model.scanner(self._tensor(xn), c)[0].float()
+        head = head_weight(xn, dilate=0, sigma=0.5) > 0.5
+        boxes = [b for b in windows(xn.shape, int(patch)) if head[b].mean() > 0.5]
+        boxes = boxes or windows(xn.shape, int(patch))
+        mus = [self.model.scanner(self._tensor(xn[b]), c)[0].float() for b in boxes]
+        return torch.cat(mus).mean(0, keepdim=True)
+
+    @torch.inference_mode()
     def harmonize(
         self,
         img: nib.Nifti1Image,
@@ -201,9 +215,8 @@ class Harmonizer:
             ref = _volume(reference, "reference")
             rlo, rhi = robust_range(ref)
             with ac:
-                z, _ = m.scanner(self._tensor(normalize(ref, rlo, rhi, clip)), c)
-            z = z.float()
-            z_source = "encoded from the reference image"
+                z = self.reference_code(normalize(ref, rlo, rhi, clip), c)
+            z_source = "encoded from the reference image (mean over training-size windows)"
         xn = normalize(data, lo, hi, clip)
         del data
         w = head_weight(xn)

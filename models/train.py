@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +38,10 @@ from .checkpoint import (
     write_model_dir,
 )
 from .data import PairSampler, Prefetcher, TrainImage
-from .disarm import Disarm, DisarmTrainer, one_hot
+from .disarm import Disarm, one_hot
 from .losses import LossWeights
 from .networks import NetworkConfig, get_config
+from .trainer import LOSS_NAMES, DisarmTrainer
 
 __all__ = ["TrainOptions", "TrainingError", "resolve_device", "train", "INTENSITY_CARD"]
 
@@ -72,6 +73,11 @@ class TrainOptions:
     elastic_p: float = 0.7
     content_d_every: int = 1
     code_images: int = 4  #: images per scanner averaged for the stored mean scanner code
+    code_windows: int = 8  #: training-size windows per image averaged for its scanner code
+    randomize: bool = True  #: simulated domains: a new scanner of the family at every draw
+    paired: bool = True  #: simulated domains: travelling heads and their losses
+    age_window: float | None = None  #: real domains: pair images within this many years
+    loss_weights: dict = field(default_factory=dict)  #: LossWeights overrides
     progress: bool = True
     name: str = "disarm"
 
@@ -107,25 +113,32 @@ def _atomic_json(path: Path, obj) -> None:
 
 
 @torch.no_grad()
-def scanner_codes(model: Disarm, sampler: PairSampler, n_images: int, seed: int) -> dict:
-    """Mean E_s code (mu) of each training scanner over up to ``n_images`` whole volumes."""
+def scanner_codes(
+    model: Disarm, sampler: PairSampler, n_images: int, seed: int, n_windows: int = 8
+) -> dict:
+    """Mean E_s code (mu) of each training scanner: over up to ``n_images`` images, each seen
+    the way E_s saw it in training (``n_windows`` windows of the training patch size,
+    averaged; whole volumes for a model trained on them), undeformed, simulated by the named
+    profile itself. The sampler's own state is never touched (it may be prefetching)."""
     dev = next(model.parameters()).device
     model.eval()
     rng = np.random.default_rng([seed, 777])
+    size = sampler.patch_size
     codes = {}
-    p_saved, sampler.elastic_p = sampler.elastic_p, 0.0
     try:
         for k, name in enumerate(sampler.scanners):
             pool = sampler.by_scanner[name]
             pick = rng.permutation(len(pool))[:n_images]
+            label = one_hot([k], len(sampler.scanners), dev)
             mus = []
             for i in pick:
-                x = sampler.load(pool[int(i)], rng, None)[None].to(dev)
-                mu, _ = model.scanner(x, one_hot([k], len(sampler.scanners), dev))
-                mus.append(mu[0].float().cpu())
+                im = pool[int(i)]
+                for _ in range(n_windows if size else 1):
+                    x = sampler.load(im, rng, size, deform=False, profile=im.profile)
+                    mu, _ = model.scanner(x[None].to(dev), label)
+                    mus.append(mu[0].float().cpu())
             codes[name] = torch.stack(mus).mean(0).tolist()
     finally:
-        sampler.elastic_p = p_saved
         model.train()
     return codes
 
@@ -165,7 +178,7 @@ def grid_summary(images: list[TrainImage]) -> dict:
 def _card(opts, cfg, scanners, codes, images, grid, step, world, dev, data_summary) -> dict:
     return {
         "name": opts.name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": cfg.to_dict(),
         "scanners": list(scanners),
         "scanner_codes": codes,
@@ -182,10 +195,15 @@ def _card(opts, cfg, scanners, codes, images, grid, step, world, dev, data_summa
             "amp_bf16": opts.amp,
             "elastic_p": opts.elastic_p,
             "content_d_every": opts.content_d_every,
+            "content_d_alone": opts.content_d_every > 1,
+            "randomized_scanners": opts.randomize,
+            "travelling_heads": opts.paired,
+            "age_window": opts.age_window,
+            "code_windows": opts.code_windows,
             "grid": grid,
             "data": data_summary or {},
         },
-        "loss_weights": LossWeights().to_dict(),
+        "loss_weights": LossWeights(**opts.loss_weights).to_dict(),
         "versions": versions(),
     }
 
@@ -212,7 +230,12 @@ def train(
     torch.manual_seed(opts.seed)  # identical initial weights on every rank
     model = Disarm(cfg).to(device)
     trainer = DisarmTrainer(
-        model, opts.steps, lr=opts.lr, content_d_every=opts.content_d_every, amp=opts.amp
+        model,
+        opts.steps,
+        lr=opts.lr,
+        weights=LossWeights(**opts.loss_weights),
+        content_d_every=opts.content_d_every,
+        amp=opts.amp,
     )
     start = 0
     if resume:
@@ -242,6 +265,9 @@ def train(
         elastic_p=opts.elastic_p,
         clip_max=cfg.clip_max,
         seed=[opts.seed, rank, start],
+        randomize=opts.randomize,
+        paired=opts.paired,
+        age_window=opts.age_window,
     )
     if rank == 0:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -252,7 +278,9 @@ def train(
     def save(step: int, final: bool = False) -> Path:
         if step not in codes_at:  # the final model reuses the last checkpoint's codes
             codes_at.clear()
-            codes_at[step] = scanner_codes(model, sampler, opts.code_images, opts.seed)
+            codes_at[step] = scanner_codes(
+                model, sampler, opts.code_images, opts.seed, opts.code_windows
+            )
         codes = codes_at[step]
         card = _card(opts, cfg, scanners, codes, images, grid, step, world, device, data_summary)
         state = model.state_dict()
@@ -275,13 +303,19 @@ def train(
     prefetch = Prefetcher(sampler)
     bar = tqdm(total=opts.steps, initial=start, disable=not opts.progress or rank != 0, unit="it")
     header_done = (out / "losses.tsv").stat().st_size > 0 if rank == 0 else True
+    columns = list(LOSS_NAMES)  # fixed: D_b-only steps leave the other columns empty
     t0 = time.perf_counter()
     try:
         for step in range(start, opts.steps):
-            xa, xb, ka, kb = prefetch.next()
+            pair = prefetch.next()
             n = len(scanners)
+            clean = None if pair.clean is None else pair.clean.to(device)
             losses = trainer.step(
-                xa.to(device), xb.to(device), one_hot([ka], n, device), one_hot([kb], n, device)
+                pair.xa.to(device),
+                pair.xb.to(device),
+                one_hot([pair.ka], n, device),
+                one_hot([pair.kb], n, device),
+                clean,
             )
             bar.update(1)
             bar.set_postfix(
@@ -293,9 +327,9 @@ def train(
             )
             if log is not None:
                 if not header_done:
-                    log.write("\t".join(["step", "lr", *losses]) + "\n")
+                    log.write("\t".join(["step", "lr", *columns]) + "\n")
                     header_done = True
-                vals = [f"{v:.5g}" for v in losses.values()]
+                vals = [f"{losses[k]:.5g}" if k in losses else "" for k in columns]
                 log.write("\t".join([str(step + 1), f"{trainer.lr():.3g}", *vals]) + "\n")
                 log.flush()
             done = step + 1

@@ -147,8 +147,10 @@ def test_train_from_tsv_with_simulated_scanners(derivatives, tmp_path):
     args = [str(tsv), "--out", str(out), "--simulate-scanners", "default", *FAST]
     assert cli_train.main([*args, "--elastic-p", "1.0"]) == 0
     card = read_card(out / "model")
-    assert len(card["scanners"]) == 5 and card["scanner_info"]["ge-signa-3t"]["simulated"]
-    assert card["training"]["data"]["images_per_scanner"]["siemens-prisma-3t"] == 2
+    assert len(card["scanners"]) == 4
+    assert card["scanner_info"]["ge-signa-spgr-1.5t"]["simulated"]
+    assert card["training"]["travelling_heads"] and card["training"]["randomized_scanners"]
+    assert card["training"]["data"]["images_per_scanner"]["siemens-prisma-mprage-3t"] == 2
 
 
 def test_train_errors_are_one_line(derivatives, tmp_path, capsys):

@@ -40,20 +40,21 @@ def test_pairs_are_two_scanners_and_deterministic(images):
     a = PairSampler(ims, names, patch_size=16, elastic_p=0.5, clip_max=2.0, seed=3)
     b = PairSampler(ims, names, patch_size=16, elastic_p=0.5, clip_max=2.0, seed=3)
     for _ in range(6):
-        xa, xb, ka, kb = a.sample()
-        ya, yb, la, lb = b.sample()
-        assert ka != kb and (ka, kb) == (la, lb)
-        assert torch.equal(xa, ya) and torch.equal(xb, yb)
-        assert xa.shape == (1, 1, 16, 16, 16)
-        assert xa.min() >= -1 - 1e-5 and xa.max() <= 2.0 + 1e-5
+        p, q = a.sample(), b.sample()
+        assert p.ka != p.kb and (p.ka, p.kb) == (q.ka, q.kb)
+        assert torch.equal(p.xa, q.xa) and torch.equal(p.xb, q.xb)
+        assert p.xa.shape == (1, 1, 16, 16, 16)
+        assert p.xa.min() >= -1 - 1e-5 and p.xa.max() <= 2.0 + 1e-5
+        assert p.clean is None  # not asked for travelling heads
 
 
 def test_real_domains_and_whole_volumes(images):
     ims = [TrainImage(images[0], "A"), TrainImage(images[1], "B"), TrainImage(images[2], "B")]
-    s = PairSampler(ims, ["A", "B"], patch_size=None, elastic_p=0.0, seed=0)
-    xa, xb, ka, kb = s.sample()
-    assert {ka, kb} == {0, 1} and xa.shape == (1, 1, 30, 34, 28)
-    assert xa.min() == -1 and xa.max() == 1  # reference normalization clips at 1
+    s = PairSampler(ims, ["A", "B"], patch_size=None, elastic_p=0.0, seed=0, paired=True)
+    p = s.sample()
+    assert {p.ka, p.kb} == {0, 1} and p.xa.shape == (1, 1, 30, 34, 28)
+    assert p.xa.min() == -1 and p.xa.max() == 1  # reference normalization clips at 1
+    assert p.clean is None  # real domains are never travelling heads
     with pytest.raises(ValueError, match="no training images"):
         PairSampler(ims, ["A", "B", "C"])
 
@@ -67,3 +68,41 @@ def test_elastic_patch_deforms_smoothly():
     assert a.shape == (1, 16, 16, 16) and torch.equal(a, b)
     assert not torch.allclose(a, crop)
     assert np.corrcoef(a.ravel(), crop.ravel())[0, 1] > 0.5
+
+
+def test_travelling_heads_are_aligned_and_randomised(images):
+    """Paired samples: one head, one patch, one deformation, two scanners drawn from their
+    families, and the clean head; the two versions differ, their anatomy agrees."""
+    profiles = training_profiles()[:3]
+    ims = build_simulated(images, profiles)
+    names = [p.name for p in profiles]
+    s = PairSampler(ims, names, patch_size=16, elastic_p=1.0, clip_max=2.0, seed=1,
+                    randomize=True, paired=True)  # fmt: skip
+    assert s.paired
+    for _ in range(4):
+        p = s.sample()
+        assert p.clean is not None and p.clean.shape == p.xa.shape == p.xb.shape
+        a, b, c = (t.ravel().numpy() for t in (p.xa, p.xb, p.clean))
+        assert not np.allclose(a, b)
+        assert np.corrcoef(a, c)[0, 1] > 0.6 and np.corrcoef(b, c)[0, 1] > 0.6
+    # randomised: the same label gives a new scanner at every draw
+    im = ims[0]
+    rng = np.random.default_rng(0)
+    assert s._profile(im, rng) != s._profile(im, rng)
+    fixed = PairSampler(ims, names, patch_size=16, seed=1, randomize=False)
+    assert fixed._profile(im, rng) == im.profile
+
+
+def test_age_matched_partners_on_a_skewed_cohort(images):
+    """Site A young, site B old but for a few: with an age window, pairs are drawn among the
+    participants of similar age, so the sites' age difference is not a scanner difference."""
+    young = [TrainImage(images[i % 3], "A", age=20.0 + i) for i in range(10)]
+    old = [TrainImage(images[i % 3], "B", age=70.0 + i) for i in range(10)]
+    old += [TrainImage(images[0], "B", age=25.0), TrainImage(images[1], "B", age=27.0)]
+    s = PairSampler(young + old, ["A", "B"], patch_size=16, seed=0, age_window=5.0)
+    rng = np.random.default_rng(0)
+    picks = [s._partner(s.by_scanner["B"], young[4], rng).age for _ in range(30)]
+    assert set(picks) <= {25.0, 27.0} and len(set(picks)) == 2
+    free = PairSampler(young + old, ["A", "B"], patch_size=16, seed=0)
+    picks = [free._partner(free.by_scanner["B"], young[4], rng).age for _ in range(30)]
+    assert max(picks) >= 70

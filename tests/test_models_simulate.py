@@ -5,18 +5,22 @@ import json
 import numpy as np
 import pytest
 
+from models.scanners import FAMILIES, HELD_OUT_FAMILIES, TRAINING_FAMILIES, t1_weighted
 from models.simulate import (
     ScannerProfile,
     apply_profile,
     default_profiles,
+    legacy_profiles,
     load_profiles,
     resolve_profiles,
     robust_max,
+    sample_profile,
     save_profiles,
     simulate_scanner,
     training_profiles,
     unseen_profiles,
 )
+from models.tissue import signal_ratios
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +43,42 @@ def test_default_profiles_distinct_and_split():
     params = {tuple(v for k, v in p.to_dict().items() if k not in ("name", "held_out"))
               for p in profiles}  # fmt: skip
     assert len(params) == len(profiles)
-    assert len(training_profiles()) >= 5 and len(unseen_profiles()) >= 3
+    assert len(training_profiles()) >= 4 and len(unseen_profiles()) >= 4
     assert resolve_profiles("default") == training_profiles()
+    # held-out families are sequence/field combinations never drawn in training
+    assert not set(TRAINING_FAMILIES) & set(HELD_OUT_FAMILIES)
+    assert {p.family for p in training_profiles()} <= set(TRAINING_FAMILIES)
+    assert {p.family for p in unseen_profiles()} <= set(HELD_OUT_FAMILIES)
 
 
-@pytest.mark.parametrize("profile", default_profiles(), ids=lambda p: p.name)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_draws_are_t1_weighted_and_seeded(family):
+    draws = [sample_profile(family, np.random.default_rng(i)) for i in range(40)]
+    assert all(t1_weighted(p) and p.family == family for p in draws)
+    assert len({(p.t1_gm_ms, p.noise_sigma) for p in draws}) == len(draws)  # randomised
+    assert sample_profile(family, np.random.default_rng(3)) == draws[3]  # and seeded
+
+
+def test_tissue_contrast_is_not_a_global_curve(head):
+    """Scalp and WM of the same intensity come out different: the change depends on where a
+    voxel is (brain or not), so no global intensity map (histogram matching) undoes it."""
+    img = head.copy()
+    img[img == 900.0] = 700.0  # scalp as bright as WM
+    z, y, x = np.mgrid[:40, :48, :36]
+    r = np.sqrt(((z - 20) / 18) ** 2 + ((y - 24) / 22) ** 2 + ((x - 18) / 16) ** 2)
+    brain = r < 0.85
+    p = sample_profile("mprage-3t", np.random.default_rng(0), other_gain=1.4, noise_sigma=0.0,
+                       bias_strength=0.0, blur_fwhm_mm=0.0, slice_fwhm_mm=0.0, bit_depth=0,
+                       gamma=1.0)  # fmt: skip
+    out = simulate_scanner(img, p, voxel_size_mm=(2, 2, 2), seed=0, brain_mask=brain)
+    scalp, wm = out[(r < 1.0) & (r >= 0.95)].mean(), out[r < 0.4].mean()
+    assert scalp / wm == pytest.approx(1.4, rel=0.1)
+    gm = out[(r < 0.75) & (r >= 0.6)].mean()  # GM/WM is now the sequence's ratio
+    assert abs(signal_ratios(p)[1] - 450 / 700) > 0.05
+    assert gm / wm == pytest.approx(signal_ratios(p)[1], rel=0.1)
+
+
+@pytest.mark.parametrize("profile", default_profiles() + legacy_profiles(), ids=lambda p: p.name)
 def test_simulate_plausible(head, profile):
     out = simulate_scanner(head, profile, voxel_size_mm=(2.0, 2.0, 2.0), seed=3)
     assert out.dtype == np.float32 and out.shape == head.shape

@@ -63,6 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="make synthetic scanner domains with the simulator (held-out profiles skipped)",
     )
     g.add_argument("--simulate-assign", choices=["all", "split"], default="all")
+    g.add_argument(
+        "--brain-mask",
+        default="auto",
+        metavar="auto|none|FILE",
+        help="brain mask on the images' grid, for the simulator's tissue contrast (auto: the "
+        "template mask of the images' space)",
+    )
+    g.add_argument(
+        "--no-randomize",
+        action="store_true",
+        help="simulated scanners: use each named profile as it is (no draw from its family)",
+    )
+    g.add_argument(
+        "--no-travelling-heads",
+        action="store_true",
+        help="simulated scanners: unpaired samples only, no travelling-head losses",
+    )
+    g.add_argument(
+        "--age-window",
+        type=float,
+        default=None,
+        metavar="YEARS",
+        help="real scanners: pair images of participants within YEARS of age "
+        "(participants.tsv column --age-column)",
+    )
+    g.add_argument("--age-column", default="age", help="participants.tsv age column")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--config", choices=["fast", "reference"], default="fast")
     g.add_argument("--name", default="disarm", help="model name written to the model card")
@@ -76,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=1e-4)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--elastic-p", type=float, default=0.7, help="elastic augmentation prob.")
-    g.add_argument("--content-d-every", type=int, default=1, help="D_b update every N steps")
+    g.add_argument(
+        "--content-d-every",
+        type=int,
+        default=2,
+        help="D_b alone on N-1 of every N batches (reference: 2); 1 = D_b on every batch",
+    )
     g.add_argument("--amp", action="store_true", help="bf16 autocast")
     g = p.add_argument_group("execution")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -108,6 +139,48 @@ def _read_participants(path: Path, column: str) -> dict[str, str]:
             ExitCode.INVALID_BIDS,
         )
     return {str(r.participant_id): str(r[column]) for _, r in df.iterrows() if r.notna()[column]}
+
+
+def _ages(args) -> dict[str, float]:
+    """Participant ages from participants.tsv (``--age-column``), for age-matched pairs."""
+    path = args.participants
+    if path is None and args.input.is_dir():
+        path = args.input / "participants.tsv"
+    if path is None:
+        raise UserError("--age-window with a TSV input needs --participants", ExitCode.USAGE)
+    raw = _read_participants(path, args.age_column)
+    try:
+        return {k: float(v) for k, v in raw.items()}
+    except ValueError as exc:
+        raise UserError(
+            f"{path}: column {args.age_column!r}: {exc}", ExitCode.INVALID_BIDS
+        ) from None
+
+
+def _brain_mask(spec: str, first: Path) -> str | None:
+    """The brain mask for the simulator: a file, none, or the template mask of ``first``'s
+    space (``space-`` entity) at its voxel size; ``None`` when it cannot be told."""
+    if spec == "none":
+        return None
+    if spec != "auto":
+        if not Path(spec).is_file():
+            raise UserError(f"brain mask not found: {spec}", ExitCode.NO_INPUT)
+        return str(Path(spec).resolve())
+    import nibabel as nib
+
+    from pipeline.templates import FSL_SPACE, NILEARN_SPACE, TemplateError, get_template
+
+    space = next((p[6:] for p in first.name.split("_") if p.startswith("space-")), None)
+    backend = {NILEARN_SPACE: "ants", FSL_SPACE: "fsl"}.get(space or "")
+    res = round(float(nib.load(first).header.get_zooms()[0]))
+    if backend is None or res not in (1, 2):
+        return None
+    try:
+        mask = get_template(backend, res).mask
+    except TemplateError:
+        return None
+    same_grid = nib.load(mask).shape[:3] == nib.load(first).shape[:3]
+    return str(mask) if same_grid else None
 
 
 def collect_bids(args) -> list[tuple[Path, str]]:
@@ -231,13 +304,20 @@ def run(args: argparse.Namespace) -> Path:
     if args.simulate_scanners:
         try:
             profiles = resolve_profiles(args.simulate_scanners)
-            images = build_simulated([str(p) for p, _ in pairs], profiles, args.simulate_assign)
+            mask = _brain_mask(args.brain_mask, pairs[0][0])
+            images = build_simulated(
+                [str(p) for p, _ in pairs], profiles, args.simulate_assign, mask
+            )
         except ValueError as exc:
             raise UserError(str(exc), ExitCode.USAGE) from None
         scanners = [p.name for p in profiles]
         summary.update(simulated=str(args.simulate_scanners), assign=args.simulate_assign)
+        summary["brain_mask"] = mask
     else:
-        images = [TrainImage(str(p), s, None, _subject(p)) for p, s in pairs]
+        ages = _ages(args) if args.age_window is not None else {}
+        images = [
+            TrainImage(str(p), s, None, _subject(p), age=ages.get(_subject(p))) for p, s in pairs
+        ]
         scanners = sorted({s for _, s in pairs})
         src = f"participants column {args.scanner_column}" if args.scanner_column else (
             f"sidecar field {args.scanner_field}")  # fmt: skip
@@ -267,6 +347,9 @@ def run(args: argparse.Namespace) -> Path:
         elastic_p=args.elastic_p,
         content_d_every=args.content_d_every,
         code_images=args.code_images,
+        randomize=not args.no_randomize,
+        paired=not args.no_travelling_heads,
+        age_window=args.age_window,
         progress=not args.no_progress,
         name=args.name,
     )
