@@ -29,7 +29,7 @@ from __future__ import annotations
 import queue
 import threading
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
@@ -93,6 +93,7 @@ class _Volume:
     sub_weights: np.ndarray | None = None  # tissue weights of the 1-in-4 subsample
 
 
+_SIM_MARGIN = 8  # voxels simulated around a patch: blur up to ~3.4 mm FWHM at 1 mm, smoothing
 _SUB = 4  # subsampling of the whole-volume intensity range estimate of a simulated draw
 
 
@@ -333,31 +334,37 @@ class PairSampler:
         return tuple(int(c) - b // 2 for c, b in zip(centre, box, strict=True)), box
 
     def _render(
-        self, vol: _Volume, prof: ScannerProfile | None, start, box, seed: int
+        self, vol: _Volume, prof: ScannerProfile | None, start, box, seed: int, cache=None
     ) -> np.ndarray:
-        """The normalized box of ``vol``: as recorded by ``prof``, or clean (``None``)."""
+        """The normalized box of ``vol``: as recorded by ``prof``, or clean (``None``).
+
+        ``cache``: a dict shared by the renders of one travelling head (same box), so the
+        region and its tissue weights are cut and computed once.
+        """
         if vol.tissue is None:  # a real domain: stored normalized
             return _cut(vol.data, start, box).astype(np.float32)
         if prof is None:  # the clean head (travelling-head target)
             lo, hi = vol.clean_range
             return normalize(_cut(vol.data, start, box).astype(np.float32), lo, hi, self.clip_max)
-        m = blur_margin(prof, vol.voxel_size) + 2  # + the tissue map's own smoothing
-        r_start = [s - m for s in start]
-        region = _cut(vol.data, r_start, [b + 2 * m for b in box]).astype(np.float32)
-        brain = None if vol.brain is None else _cut(vol.brain, r_start, region.shape)
-        weights = tissue_weights(
-            region, vol.tissue, None if brain is None else brain.astype(np.float32)
-        )
+        m = max(blur_margin(prof, vol.voxel_size) + 2, _SIM_MARGIN)  # + the tissue smoothing
+        cache = {} if cache is None else cache
+        if cache.get("margin") != m:
+            r_start = [s - m for s in start]
+            region = _cut(vol.data, r_start, [b + 2 * m for b in box]).astype(np.float32)
+            brain = None if vol.brain is None else _cut(vol.brain, r_start, region.shape)
+            brain = None if brain is None else brain.astype(np.float32)
+            weights = tissue_weights(region, vol.tissue, brain)
+            cache.update(margin=m, r_start=tuple(r_start), region=region, weights=weights)
         sim = apply_profile(
-            region,
+            cache["region"],
             prof,
             voxel_size_mm=vol.voxel_size,
             seed=seed,
-            origin_vox=tuple(r_start),
+            origin_vox=cache["r_start"],
             full_shape=vol.data.shape,
-            tissue=(weights, vol.tissue),
+            tissue=(cache["weights"], vol.tissue),
         )[m:-m, m:-m, m:-m]
-        lo, hi = self.store.sim_range(vol, replace(prof))
+        lo, hi = self.store.sim_range(vol, prof)
         return normalize(sim, lo, hi, self.clip_max)
 
     def _deform(self, x: np.ndarray, vol: _Volume, size, deform_seed: int | None) -> torch.Tensor:
@@ -430,9 +437,9 @@ class PairSampler:
         deform = bool(rng.random() < self.elastic_p)
         start, box = self._box(vol, rng, self.patch_size, deform)
         deform_seed = int(rng.integers(2**31)) if deform else None
-        out = []
+        out, cache = [], {}
         for prof in (self._profile(im_a, rng), self._profile(im_b, rng), None):
-            x = self._render(vol, prof, start, box, int(rng.integers(2**31)))
+            x = self._render(vol, prof, start, box, int(rng.integers(2**31)), cache)
             out.append(self._deform(x, vol, self.patch_size, deform_seed)[None])
         return Pair(out[0], out[1], ka, kb, out[2])
 

@@ -109,16 +109,16 @@ def bias_field(
         ((np.arange(shape[a]) + origin_vox[a] - (full_shape[a] - 1) / 2.0) * voxel_size_mm[a])
         for a in range(3)
     ]
-    log_field = np.zeros(shape, dtype=np.float32)
-    for k in range(n):
-        # cos(a + b + c) with each term broadcast along one axis: no full coordinate grids
-        arg = (
-            (freqs[k, 0] * 2 * np.pi * axes[0])[:, None, None]
-            + (freqs[k, 1] * 2 * np.pi * axes[1])[None, :, None]
-            + (freqs[k, 2] * 2 * np.pi * axes[2])[None, None, :]
-            + phases[k]
-        )
-        log_field += (amps[k] * np.cos(arg)).astype(np.float32)
+    # sum_k amp_k cos(a_k + b_k + c_k) = Re sum_k (amp_k e^{i a_k}) e^{i b_k} e^{i c_k}: one
+    # rank-6 complex product (a BLAS contraction), no full-size cosines
+    per_axis = [np.exp(1j * 2 * np.pi * freqs[:, a, None] * axes[a][None]) for a in range(3)]
+    first = (amps * np.exp(1j * phases))[:, None] * per_axis[0]
+    log_field = np.einsum(
+        "ki,kj,kl->ijl",
+        first.astype(np.complex64),
+        *(v.astype(np.complex64) for v in per_axis[1:]),
+        optimize=True,
+    ).real
     return np.exp(profile.bias_strength * log_field, dtype=np.float32)
 
 
