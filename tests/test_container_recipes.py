@@ -9,11 +9,13 @@ console scripts; and ``--backend auto`` picks FSL when ``$FSLDIR`` and ``fast``/
 
 from __future__ import annotations
 
+import configparser
 import importlib.util
 import os
 import re
 import shlex
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +40,20 @@ RECIPES = sorted(GEN.RECIPES)
 
 def _text(name: str) -> str:
     return (DOCKER / name).read_text()
+
+
+def _build_requires() -> set[str]:
+    """``[build-system] requires`` of pyproject.toml (no tomllib: Python 3.10 runs the tests)."""
+    text = (REPO / "pyproject.toml").read_text()
+    table = re.search(r"^\[build-system\]\n(.*?)(?=^\[|\Z)", text, flags=re.M | re.S)
+    requires = re.search(r"^requires\s*=\s*\[(.*?)\]", table.group(1), flags=re.M | re.S)
+    return set(re.findall(r'"([^"]+)"', requires.group(1)))
+
+
+def _extra(name: str) -> set[str]:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    return {line.strip() for line in cfg["options.extras_require"][name].splitlines() if line}
 
 
 def _instructions(name: str) -> str:
@@ -133,9 +149,17 @@ def test_singularity_runscript_and_build_environment(name):
 def test_recipe_python_install_replayed_in_fresh_venv(tmp_path):
     """The recipe's pip command, run on a copy of what the recipe copies, in a new venv.
 
-    Offline replay: ``--no-deps --no-build-isolation`` (the dependencies are those of this
-    environment, seen through ``--system-site-packages``); everything else is the recipe's line.
+    Offline replay: ``--no-deps --no-build-isolation``; everything else is the recipe's line. The
+    new venv sees this environment's packages (the dependencies, and pip, setuptools and wheel to
+    build the project) through a ``.pth`` file: ``--system-site-packages`` would not do, since a
+    venv made from a venv sees the base interpreter's packages, not those of the venv.
     """
+    # The image builds with [build-system]'s requirements in an isolated environment; offline,
+    # this environment stands in for it, so the test extra carries them.
+    build_requires = _build_requires()
+    assert build_requires and build_requires <= _extra("test"), (
+        f"pyproject.toml's build requirements {sorted(build_requires)} missing from the test extra"
+    )
     missing = [rel for rel in GEN.PROJECT_PATHS if not (REPO / rel).exists()]
     assert not missing, f"the recipes COPY {missing}, absent from the repository: build would fail"
     src = tmp_path / "src" / "disarm-pipeline"
@@ -149,11 +173,19 @@ def test_recipe_python_install_replayed_in_fresh_venv(tmp_path):
             shutil.copy2(REPO / rel, src / rel)
     venv = tmp_path / "venv"
     subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-        check=True,
-        timeout=60,
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60
     )
     python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    # Plain path lines: the .pth files of this environment (its editable install) are not run.
+    ours = site.getsitepackages() + [site.getusersitepackages()] * bool(site.ENABLE_USER_SITE)
+    (Path(purelib) / "this_environment.pth").write_text("\n".join(ours) + "\n")
     cmd = shlex.split(GEN.PROJECT_INSTALL)
     assert cmd[0] == "python" and cmd[-1] == GEN.SRC_DIR
     cmd = [str(python), *cmd[1:-1], "--no-deps", "--no-build-isolation", "--quiet", str(src)]
@@ -184,8 +216,8 @@ def test_recipe_python_install_replayed_in_fresh_venv(tmp_path):
     lines = probe.stdout.splitlines()
     broken = [line for line in lines if line.startswith("BROKEN")]
     assert not broken, f"console scripts of the image that cannot start: {broken}"
-    site = str(venv / "lib")
-    assert all(line.startswith(site) for line in lines[:3]), lines[:3]
+    venv_lib = str(venv / "lib")
+    assert all(line.startswith(venv_lib) for line in lines[:3]), lines[:3]
     scripts = dict(line.split(" ", 1) for line in lines[3:])
     assert scripts["disarm-pipeline"] == "pipeline.cli.run:main"
     for script in scripts:
