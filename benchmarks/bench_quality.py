@@ -30,11 +30,45 @@ mask of the derivatives' template space, resampled to their grid if needed):
   (``scipy.stats.anderson_ksamp``, permutation p) on two per-image summaries, the median and
   the interquartile range of the brain intensities (level and spread/contrast); and the
   accuracy of a logistic regression predicting the scanner from the 32-bin brain histogram,
-  cross-validated with ``GroupKFold`` by head (a head is never in train and test; chance 1/K).
+  cross-validated with ``GroupKFold`` by head (a head is never in train and test; chance 1/K);
+* downstream consistency (``GM CoV``, ``WM CoV``): per head, the coefficient of variation
+  (sample sd / mean) of its grey- and white-matter fractions of the brain mask across its K
+  harmonized versions, averaged over heads (row ``none``: before harmonization);
+* biology kept: ``GM r clean``, the Pearson r across heads between the GM fraction of the
+  harmonized versions and that of the clean head, per scanner, averaged over scanners; and
+  ``GM~age r``, the Pearson r of GM fraction with age (``participants.tsv``) pooled over every
+  version of every head with a known age. Row ``clean``: the clean heads, the reference r;
+* ``target hit`` (``disarm-target`` only): the fraction of versions whose brain-intensity
+  distribution is nearest to that of the same head simulated on the target scanner, among all
+  the model's training scanners (:func:`nearest_distribution`: 1-D Wasserstein distance of the
+  brain quantiles, each image mapped by its own 1st/99th percentiles to 0/1, since DISARM
+  writes its output on a fixed scale that says nothing of the target's gain; chance about 1/S);
+* ``checkerboard``: :func:`models.evaluate.checkerboard_ratio` of each output to its input,
+  inside the mask (energy of the period-2 pattern a stride-2 up-sampling leaves; about 1 for a
+  clean output, above 1.05 is an artefact).
 
-SSIM: ``skimage.metrics.structural_similarity`` (7-voxel window, data_range 1) on the
-brain-mask bounding box, its map averaged inside the mask. One head is processed at a time and
-kept cropped to that box, so memory stays well under 8 GB on 1 mm data.
+Tissue fractions come from one segmentation, the same for every method and the clean head
+(:func:`tissue_fractions`): 3-class k-means (``sklearn.cluster.KMeans``; centres started at
+the intensity tercile means, one deterministic run; CSF < GM < WM by centre) of the brain
+intensities, each image first mapped by its 1st/99th brain percentiles to 0/1 (so an affine
+method, z-score or WhiteStripe, gets exactly its input's segmentation), fitted to 1000 evenly
+spaced brain quantiles (a stratified sample of the intensities) and labelling every brain
+voxel. Measured on the 2-core development machine while busy (load 2-6), on the 1 mm template
+brain simulated on one scanner (1.9 M brain voxels, 151x187x158 box):
+
+* Atropos (``ants.atropos``, ``kmeans[3]`` start, MRF 0.1, 3 iterations), the first choice:
+  42 s at 1 mm and 3.3 s on a 2 mm copy (``ants.kmeans_segmentation``: 3.5 s at 2 mm); with
+  24 heads x 4 scanners x 7 methods (672 images, plus the clean heads) that is 40 min or more;
+* a 3-class Gaussian mixture (``sklearn``, tercile start), the planned fallback: 7.5 s at 1 mm,
+  1.4 s at 2 mm with sklearn's default tolerance, where it stops after 6-10 EM iterations far
+  from convergence (GM 0.35-0.49 depending on the voxel sample); run to convergence (300-1800
+  iterations; 0.8 s on 1000 quantiles) it is still unstable on these images, whose simulated
+  GM/WM contrast often leaves one broad peak: over 8 scanners x 2 noise seeds GM ranged
+  0.41-0.93 with per-class variances (a broad component swallowing the others) and 0.00-0.93
+  with one shared variance, and moved by up to 0.45 with the noise seed alone: segmentation
+  noise that the CoV would count as scanner effect;
+* k-means (the start Atropos itself uses): GM 0.38-0.56, WM 0.25-0.49 over the same 16
+  images, within 0.04 between noise seeds, 0.2 s per image.
 
     python benchmarks/bench_quality.py --deriv /work/scratch/ixi-deriv \
         --model /work/scratch/train-default/model --out bench-out
@@ -74,6 +108,9 @@ DISARM_METHODS = ("disarm-free", "disarm-target")
 QUANTILES = np.linspace(0.0, 100.0, 1001)
 HIST_BINS, HIST_RANGE = 32, (-0.25, 1.25)
 N_PERMUTATIONS = 2000
+#: Brain quantiles the tissue k-means is fitted to (a stratified sample of the intensities).
+N_SEGMENTATION_POINTS = 1000
+NAN = float("nan")
 
 Volume = np.ndarray
 MethodFn = Callable[[Volume, np.ndarray], Volume]  # (image, brain mask) -> harmonized image
@@ -118,6 +155,25 @@ def bids_participants(bids_dir: Path) -> list[str]:
     if not labels:
         raise BenchError(f"no sub-* folder in {bids_dir}")
     return labels
+
+
+def participant_ages(bids_dir: Path) -> dict[str, float]:
+    """``{label: age}`` from ``participants.tsv``; participants without a numeric age are left
+    out (and so is everything when the file or its ``age`` column is missing)."""
+    import pandas as pd
+
+    path = bids_dir / "participants.tsv"
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path, sep="\t", dtype={"participant_id": str})
+    if not {"participant_id", "age"} <= set(table.columns):
+        return {}
+    ages = pd.to_numeric(table["age"], errors="coerce")  # "n/a" and the like -> NaN
+    return {
+        _label(pid): float(age)
+        for pid, age in zip(table["participant_id"], ages, strict=True)
+        if np.isfinite(age)
+    }
 
 
 def preprocessed(deriv: Path) -> dict[str, object]:
@@ -375,6 +431,123 @@ def scanner_signal(records: list[dict], n_scanners: int, seed: int = 0) -> dict:
     }
 
 
+def tissue_fractions(x: Volume, mask: np.ndarray) -> tuple[float, float]:
+    """(GM, WM) fractions of ``mask`` from a 3-class k-means of its intensities.
+
+    Classes are CSF < GM < WM by centre. The image is mapped by its own 1st/99th brain
+    percentiles to 0/1 first (the segmentation ignores gain and offset); k-means (centres
+    started at the tercile means, one run: deterministic) is fitted to
+    ``N_SEGMENTATION_POINTS`` evenly spaced brain quantiles, then labels every brain voxel by
+    its nearest centre. NaN for an image with fewer than 3 distinct brain intensities.
+    """
+    from sklearn.cluster import KMeans
+
+    values = x[mask].astype(np.float64)
+    lo, hi = np.percentile(values, [1, 99])
+    if not hi > lo:
+        return NAN, NAN
+    values = (values - lo) / (hi - lo)
+    levels = (np.arange(N_SEGMENTATION_POINTS) + 0.5) / N_SEGMENTATION_POINTS * 100
+    sample = np.percentile(values, levels)
+    if np.unique(sample).size < 3:
+        return NAN, NAN
+    init = np.array([t.mean() for t in np.array_split(sample, 3)])[:, None]
+    kmeans = KMeans(3, init=init, n_init=1).fit(sample[:, None])
+    rank = np.argsort(np.argsort(kmeans.cluster_centers_.ravel()))  # 0 CSF, 1 GM, 2 WM
+    share = np.bincount(rank[kmeans.predict(values[:, None])], minlength=3) / values.size
+    return float(share[1]), float(share[2])
+
+
+def coefficient_of_variation(values) -> float:
+    """Sample sd / mean (``scipy.stats.variation``, ddof 1); NaN if any value is NaN."""
+    from scipy.stats import variation
+
+    return float(variation(np.asarray(values, dtype=np.float64), ddof=1))
+
+
+def pearson(a, b) -> float:
+    """Pearson r over the pairs where both are finite; NaN with fewer than 3 or a constant side."""
+    from scipy.stats import pearsonr
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return NAN
+    return float(pearsonr(a[ok], b[ok]).statistic)
+
+
+def unit_quantiles(quantiles: np.ndarray, levels: np.ndarray = QUANTILES) -> np.ndarray:
+    """Quantiles (at percentile ``levels``) mapped so the 1st/99th percentiles go to 0/1."""
+    lo, hi = np.interp([1.0, 99.0], levels, quantiles)
+    return (np.asarray(quantiles, dtype=np.float64) - lo) / (hi - lo if hi > lo else 1.0)
+
+
+def nearest_distribution(
+    quantiles: np.ndarray, references: dict[str, np.ndarray], levels: np.ndarray = QUANTILES
+) -> str:
+    """Name of the reference distribution nearest to ``quantiles``.
+
+    All are given as quantiles at the same percentile ``levels`` and compared on their own
+    unit scale (:func:`unit_quantiles`: gain and offset do not count, shape and contrast do)
+    by the 1-D Wasserstein distance (``scipy.stats.wasserstein_distance`` of the quantile
+    vectors, which are equal-weight samples of each distribution).
+    """
+    from scipy.stats import wasserstein_distance
+
+    mine = unit_quantiles(quantiles, levels)
+    distance = {
+        name: wasserstein_distance(mine, unit_quantiles(q, levels))
+        for name, q in references.items()
+    }
+    return min(distance, key=distance.get)
+
+
+def scanner_quantiles(
+    clean: Volume, mask: np.ndarray, box: tuple[slice, ...], profiles, vox, seed: int
+) -> dict[str, np.ndarray]:
+    """``{profile name: brain quantiles}`` of ``clean`` simulated on each profile."""
+    from models.simulate import simulate_scanner
+
+    found = {}
+    for j, prof in enumerate(profiles):
+        sim = simulate_scanner(clean, prof, voxel_size_mm=vox, seed=seed + j)
+        found[prof.name] = np.percentile(sim[box][mask[box]], QUANTILES)
+    return found
+
+
+def head_tissue(records: list[dict]) -> dict:
+    """One head's tissue numbers for one method from its per-version records."""
+    gm = [r["gm"] for r in records]
+    wm = [r["wm"] for r in records]
+    hits = [r["target_hit"] for r in records if "target_hit" in r]
+    return {
+        "gm_frac": float(np.mean(gm)),
+        "wm_frac": float(np.mean(wm)),
+        "gm_cov": coefficient_of_variation(gm),
+        "wm_cov": coefficient_of_variation(wm),
+        "checkerboard": float(np.mean([r["checkerboard"] for r in records])),
+        "target_hit": float(np.mean(hits)) if hits else NAN,
+    }
+
+
+def biology(records: list[dict], clean_gm: np.ndarray, ages: np.ndarray) -> dict:
+    """GM r to the clean head (per scanner across heads, averaged) and GM~age r (pooled).
+
+    ``clean_gm`` and ``ages`` are indexed by head (age NaN when unknown).
+    """
+    head = np.array([r["head"] for r in records])
+    scanner = np.array([r["scanner"] for r in records])
+    gm = np.array([r["gm"] for r in records])
+    per_scanner = [
+        pearson(gm[scanner == k], clean_gm[head[scanner == k]]) for k in np.unique(scanner)
+    ]
+    finite = [r for r in per_scanner if np.isfinite(r)]
+    return {
+        "gm_r_clean": float(np.mean(finite)) if finite else NAN,
+        "gm_age_r": pearson(gm, ages[head]),
+    }
+
+
 # --------------------------------------------------------------------------- main loop
 
 
@@ -383,38 +556,64 @@ def evaluate(
     profiles,
     methods: dict[str, MethodFn],
     seed: int,
+    target_profiles: list | None = None,
 ) -> tuple[list[dict], dict[str, list[dict]], dict[str, float]]:
-    """-> (per-head rows, per-method per-image records, seconds per image per method)."""
+    """-> (per-head rows, per-method per-image records, seconds per image per method).
+
+    ``target_profiles``: the model's training scanners, target first; with ``disarm-target``
+    among ``methods``, each head is also simulated on each of them for the target hit.
+    Per-head rows include one ``clean`` row per head (its tissue fractions).
+    """
+    from models.evaluate import nyquist_energy
     from models.simulate import simulate_scanner
 
     rows: list[dict] = []
     records: dict[str, list[dict]] = {m: [] for m in methods}
     seconds: dict[str, float] = dict.fromkeys(methods, 0.0)
+    check_target = bool(target_profiles) and "disarm-target" in methods
     for i, head in enumerate(heads):
         t0 = time.perf_counter()
         img, clean, mask = load_head(head)
         vox = tuple(float(v) for v in img.header.get_zooms()[:3])
         box = brain_box(mask)
+        inside = mask[box]
+        gm, wm = tissue_fractions(clean[box], inside)
+        rows.append({"method": "clean", "head": head.label, "gm_frac": gm, "wm_frac": wm})
+        references = (
+            scanner_quantiles(clean, mask, box, target_profiles, vox, seed + 1000 * i + 500)
+            if check_target
+            else {}
+        )
         outputs: dict[str, list[Volume]] = {m: [] for m in methods}
         for k, prof in enumerate(profiles):
             sim = simulate_scanner(clean, prof, voxel_size_mm=vox, seed=seed + 1000 * i + k)
+            sim_energy = nyquist_energy(sim[box], inside)
             for name, fn in methods.items():
                 t = time.perf_counter()
                 out = np.asarray(fn(sim, mask), dtype=np.float32)
                 seconds[name] += time.perf_counter() - t
                 out = np.ascontiguousarray(out[box])
                 outputs[name].append(out)
-                records[name].append(
-                    {
-                        "head": i,
-                        "scanner": k,
-                        "quantiles": np.percentile(out[mask[box]], QUANTILES),
-                    }
-                )
+                gm, wm = tissue_fractions(out, inside)
+                record = {
+                    "head": i,
+                    "scanner": k,
+                    "quantiles": np.percentile(out[inside], QUANTILES),
+                    "gm": gm,
+                    "wm": wm,
+                    "checkerboard": nyquist_energy(out, inside) / sim_energy
+                    if sim_energy > 0
+                    else NAN,
+                }
+                if name == "disarm-target" and references:
+                    nearest = nearest_distribution(record["quantiles"], references)
+                    record["target_hit"] = float(nearest == target_profiles[0].name)
+                records[name].append(record)
             del sim
-        metrics = head_metrics(clean[box], outputs, mask[box])
+        metrics = head_metrics(clean[box], outputs, inside)
         for name, values in metrics.items():
-            rows.append({"method": name, "head": head.label, **values})
+            mine = [r for r in records[name] if r["head"] == i]
+            rows.append({"method": name, "head": head.label, **values, **head_tissue(mine)})
         del outputs
         print(
             f"# head {i + 1}/{len(heads)} sub-{head.label}: {time.perf_counter() - t0:.0f} s",
@@ -432,19 +631,38 @@ COLUMNS = (
     ("ad_p_median", "AD p median ↑"),
     ("ad_p_iqr", "AD p IQR ↑"),
     ("scanner_acc", "scanner acc. ↓"),
+    ("gm_cov", "GM CoV ↓"),
+    ("wm_cov", "WM CoV ↓"),
+    ("gm_r_clean", "GM r clean ↑"),
+    ("gm_age_r", "GM~age r"),
+    ("target_hit", "target hit ↑"),
+    ("checkerboard", "checkerboard ↓"),
     ("sec_per_image", "s/image"),
 )
+#: Per-head values summarized as mean and sd over heads.
+PER_HEAD_KEYS = ("pair_ssim", "pair_mad", "clean_ssim", "gm_cov", "wm_cov", "checkerboard")
 
 
-def summarize(rows: list[dict], signal: dict[str, dict], seconds: dict[str, float]) -> list[dict]:
-    table = []
+def summarize(
+    rows: list[dict],
+    signal: dict[str, dict],
+    seconds: dict[str, float],
+    bio: dict[str, dict],
+) -> list[dict]:
+    """One row per method (means, ``*_sd`` over heads), after a ``clean`` reference row."""
+    keys = [k for k, _ in COLUMNS]
+    clean = dict.fromkeys(keys, NAN) | {f"{k}_sd": NAN for k in PER_HEAD_KEYS}
+    table = [{"method": "clean", **clean, **bio["clean"]}]
     for method in signal:
         mine = [r for r in rows if r["method"] == method]
         row: dict = {"method": method}
-        for key in ("pair_ssim", "pair_mad", "clean_ssim"):
+        for key in PER_HEAD_KEYS:
             v = np.array([r[key] for r in mine])
             row[key], row[f"{key}_sd"] = float(v.mean()), float(v.std())
+        hits = [r["target_hit"] for r in mine if np.isfinite(r["target_hit"])]
+        row["target_hit"] = float(np.mean(hits)) if hits else NAN
         row.update(signal[method])
+        row.update(bio[method])
         row["sec_per_image"] = seconds[method]
         table.append(row)
     return table
@@ -452,10 +670,10 @@ def summarize(rows: list[dict], signal: dict[str, dict], seconds: dict[str, floa
 
 def _fmt(row: dict, key: str) -> str:
     v = row[key]
+    if math.isnan(v):
+        return "n/a"
     if key == "sec_per_image":
         return f"{v:.2f}"
-    if key.startswith("ad_p"):
-        return f"{v:.3f}" if not math.isnan(v) else "n/a"
     if f"{key}_sd" in row:
         return f"{v:.4f} ± {row[f'{key}_sd']:.4f}"
     return f"{v:.3f}"
@@ -476,14 +694,12 @@ def markdown(table: list[dict], header: str) -> str:
 def write_outputs(out: Path, table: list[dict], rows: list[dict], text: str, info: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.md").write_text(text)
-    with open(out / "quality.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    with open(out / "quality_per_head.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    for name, found in (("quality.csv", table), ("quality_per_head.csv", rows)):
+        fields = list(dict.fromkeys(k for r in found for k in r))  # clean rows have fewer
+        with open(out / name, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields, restval="nan")
+            writer.writeheader()
+            writer.writerows(found)
     (out / "quality_settings.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
@@ -604,9 +820,14 @@ def evaluate_and_report(plan: Plan, found: dict[str, object], deriv: Path) -> in
     )
     del ref_clean
 
-    rows, records, seconds = evaluate(heads, profiles, fns, args.seed)
+    rows, records, seconds = evaluate(heads, profiles, fns, args.seed, plan.train_profiles)
     signal = {m: scanner_signal(records[m], len(profiles), args.seed) for m in methods}
-    table = summarize(rows, signal, seconds)
+    known = participant_ages(args.bids_dir)
+    ages = np.array([known.get(h.label, NAN) for h in heads])
+    clean_gm = np.array([r["gm_frac"] for r in rows if r["method"] == "clean"])
+    bio = {"clean": {"gm_age_r": pearson(clean_gm, ages)}}
+    bio.update({m: biology(records[m], clean_gm, ages) for m in methods})
+    table = summarize(rows, signal, seconds, bio)
     model_txt = (
         f"{harmonizer.model_dir} ({card.get('name')}, {card.get('training', {}).get('steps')} "
         f"steps, target {target})"
@@ -619,6 +840,14 @@ def evaluate_and_report(plan: Plan, found: dict[str, object], deriv: Path) -> in
         f"Heads: {', '.join('sub-' + h.label for h in heads)} of {args.bids_dir.name} "
         f"(from {deriv}); reference head for histmatch/Nyul: sub-{ref} on "
         f"{target_profile.name}. Model: {model_txt}. Chance accuracy: {1 / len(profiles):.3f}."
+        f" Ages known for {int(np.isfinite(ages).sum())} of {len(heads)} heads."
+        + (
+            f" Target hit: nearest of {len(plan.train_profiles)} training scanners "
+            f"({', '.join(p.name for p in plan.train_profiles)}); chance "
+            f"{1 / len(plan.train_profiles):.3f}."
+            if "disarm-target" in methods
+            else ""
+        )
     )
     text = markdown(table, header)
     print(text)
@@ -631,6 +860,8 @@ def evaluate_and_report(plan: Plan, found: dict[str, object], deriv: Path) -> in
             "profiles": [p.to_dict() for p in profiles],
             "model": str(harmonizer.model_dir) if harmonizer else None,
             "target": target,
+            "target_profiles": [p.name for p in plan.train_profiles],
+            "ages": {h.label: known.get(h.label) for h in heads},
             "seed": args.seed,
         }
         write_outputs(args.out, table, rows, text, info)

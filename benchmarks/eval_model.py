@@ -8,10 +8,13 @@
 never saw. Each head is "acquired" on every profile (default: the held-out profiles, never
 used in training), harmonized scanner-free, and compared (models.evaluate.travelling_heads):
 SSIM and mean absolute difference between the versions of one head (before / after), SSIM to
-the clean head. ``--detail-1mm``: a 1 mm head on the template grid; prints SSIM between it and
-its scanner-free harmonization, and the same after blurring the input to 2 mm (what a model
-that blurred to 2 mm would score at best) for comparison, with the fine-band energy ratio and
-correlation of ``models.evaluate.fine_detail`` (blur moves them; a change of contrast does not).
+the clean head, and the checkerboard ratio of each harmonized version to its input
+(``models.evaluate.checkerboard_ratio``: about 1 when clean, above 1.05 is a stride-2
+up-sampling artefact). ``--detail-1mm``: a 1 mm head on the template grid; prints SSIM
+between it and its scanner-free harmonization, and the same after blurring the input to 2 mm
+(what a model that blurred to 2 mm would score at best) for comparison, with the fine-band
+energy ratio and correlation of ``models.evaluate.fine_detail`` (blur moves them; a change of
+contrast does not) and the checkerboard ratio inside the head.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from models import evaluate
 from models.harmonize import Harmonizer
 from models.simulate import (
     resolve_profiles,
+    robust_max,
     simulate_scanner,
     training_profiles,
     unseen_profiles,
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         img = _crop_to_head(nib.load(args.detail_1mm))
         out = harmonizer.harmonize(img)[0]
         data = np.asarray(img.dataobj, np.float32)
+        head = data > 0.1 * robust_max(data)  # the travelling-head mask
         blurred = ndimage.gaussian_filter(data, 2.0 / 2.355)  # FWHM 2 mm at 1 mm voxels
         rows = (
             ("scanner-free harmonized", out),
@@ -87,13 +92,17 @@ def main(argv: list[str] | None = None) -> int:
             ("input on a 2 mm grid and back", nib.Nifti1Image(_two_mm(data), img.affine)),
         )
         print("\n## Detail on a 1 mm head\n")
-        print("| input vs | SSIM | fine-band energy ratio | fine-band correlation |")
-        print("|---|---|---|---|")
+        print(
+            "| input vs | SSIM | fine-band energy ratio | fine-band correlation | checkerboard |"
+        )
+        print("|---|---|---|---|---|")
         for name, other in rows:
             fine = evaluate.fine_detail(img, other)
+            out_data = np.asarray(other.dataobj, np.float32)
+            checker = evaluate.checkerboard_ratio(data, out_data, head)
             print(
                 f"| {name} | {evaluate.ssim_to_input(img, other):.4f} | "
-                f"{fine['energy_ratio']:.3f} | {fine['correlation']:.3f} |"
+                f"{fine['energy_ratio']:.3f} | {fine['correlation']:.3f} | {checker:.3f} |"
             )
     if args.figure:
         save_figure(args.figure, nib.load(args.heads[0]), harmonizer, profiles[:3])

@@ -1,6 +1,6 @@
 """The two benchmark scripts run end to end on tiny inputs (no timing is asserted).
 
-Inputs: two 4 mm demo heads (``pipeline.demo``), a random-weight model of the shipped
+Inputs: three 4 mm demo heads (``pipeline.demo``), a random-weight model of the shipped
 configuration, K = 2 simulated scanners. ``bench_quality`` gets a derivatives folder made by
 resampling the demo heads (which sit in MNI world coordinates up to a small random pose) onto
 the 2 mm template grid, so the test does not pay for preprocessing; ``bench_speed`` runs every
@@ -46,14 +46,14 @@ def demo(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("bench")
     bids = root / "bids"
-    make_demo_dataset(bids, n_subjects=2, n_scanners=2, voxel_mm=4.0)
+    make_demo_dataset(bids, n_subjects=3, n_scanners=2, voxel_mm=4.0)  # 3: correlations
 
     model = make_random_model(root / "model", ["Prisma_fit", "DISCOVERY MR750"])
 
     tpl = get_template("ants", 2)
     grid = nb.load(str(tpl.brain))
     deriv = root / "deriv"
-    for sub in ("01", "02"):
+    for sub in ("01", "02", "03"):
         raw = nb.load(str(bids / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz"))
         vox2vox = np.linalg.inv(raw.affine) @ grid.affine
         data = ndimage.affine_transform(
@@ -75,8 +75,9 @@ def test_quality_table(demo):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["method"]: r for r in _read_csv(out / "quality.csv")}
-    assert list(rows) == METHODS
+    assert list(rows) == ["clean", *METHODS]
     assert "| method |" in proc.stdout and "| disarm-target |" in proc.stdout
+    assert "| GM CoV ↓ | WM CoV ↓ | GM r clean ↑ | GM~age r | target hit ↑ |" in proc.stdout
     assert (out / "quality.md").read_text() in proc.stdout + "\n"
     value = {m: {k: float(v) for k, v in r.items() if k != "method"} for m, r in rows.items()}
     for m in METHODS:
@@ -90,10 +91,28 @@ def test_quality_table(demo):
     assert value["zscore"]["pair_mad"] < value["none"]["pair_mad"]
     # Anatomy-kept SSIM ignores pure rescaling: z-score (affine) scores exactly like none.
     assert value["zscore"]["clean_ssim"] == pytest.approx(value["none"]["clean_ssim"], abs=1e-4)
+    # Downstream: the scanners move the GM/WM fractions of one head; an affine method gets
+    # the same segmentation as its input (it is scale-free), so the same CoV.
+    assert value["none"]["gm_cov"] > 1e-3 and value["none"]["wm_cov"] > 1e-3
+    assert value["zscore"]["gm_cov"] == pytest.approx(value["none"]["gm_cov"], abs=1e-4)
+    # Biology: the clean heads are the reference row (only GM~age r); ages are in the TSV.
+    assert -1.0 <= value["clean"]["gm_age_r"] <= 1.0
+    assert all(np.isnan(v) for k, v in value["clean"].items() if k != "gm_age_r")
+    for m in METHODS[:-2]:  # the random-weight model's outputs may be flat: no segmentation
+        assert -1.0 <= value[m]["gm_r_clean"] <= 1.0 and -1.0 <= value[m]["gm_age_r"] <= 1.0
+    # Target hit exists for disarm-target only; an unchanged input has no checkerboard.
+    assert 0.0 <= value["disarm-target"]["target_hit"] <= 1.0
+    assert all(np.isnan(value[m]["target_hit"]) for m in METHODS[:-1])
+    assert value["none"]["checkerboard"] == pytest.approx(1.0)
+    assert value["zscore"]["checkerboard"] == pytest.approx(1.0, abs=1e-3)
+    assert value["disarm-free"]["checkerboard"] > 0.0
     per_head = _read_csv(out / "quality_per_head.csv")
-    assert len(per_head) == len(METHODS) * 2
+    assert len(per_head) == (len(METHODS) + 1) * 3
+    for r in per_head:
+        assert 0.0 < float(r["gm_frac"]) < 1.0 or r["method"].startswith("disarm"), r
     settings = json.loads((out / "quality_settings.json").read_text())
-    assert settings["heads"] == ["01", "02"]
+    assert settings["heads"] == ["01", "02", "03"]
+    assert set(settings["ages"]) == {"01", "02", "03"} and None not in settings["ages"].values()
     assert [p["name"] for p in settings["profiles"]] == ["philips-ingenia-3t", "siemens-trio-3t"]
     assert settings["target"] == "Prisma_fit"
 
