@@ -181,3 +181,25 @@ def test_windows_run_in_batches_give_the_one_by_one_result(batch):
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="one image"):
         model.translate(x.expand(2, -1, -1, -1, -1), z, c, tile=12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_resize_upsampling_prints_no_checkerboard(seed):
+    """A freshly initialised generator fed a smooth content code: the reference's stride-2
+    transposed convolution prints a period-2 pattern (Odena et al. 2016), resize-convolution
+    does not (models.evaluate.nyquist_energy: the image's period-2 share, brain-scaled)."""
+    from models.evaluate import nyquist_energy
+    from models.networks import Generator
+
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, 8, 4, 4, 4, generator=g)
+    zb = torch.nn.functional.interpolate(coarse, size=(16, 16, 16), mode="trilinear")
+    energy = {}
+    for scheme in ("resize", "transpose"):
+        torch.manual_seed(seed)
+        gen = Generator(get_config("reference", n_scanners=2, upsample=scheme)).eval()
+        with torch.no_grad():
+            y = gen(zb, torch.zeros(1, 8), torch.zeros(1, 2))[0, 0].numpy()
+        energy[scheme] = nyquist_energy(y, np.ones(y.shape, bool))
+    assert energy["transpose"] > 1e-3
+    assert energy["resize"] < 1e-4 and energy["resize"] < 0.02 * energy["transpose"]
