@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=int, default=500)
     g.add_argument("--keep-checkpoints", type=int, default=2)
     g.add_argument("--code-images", type=int, default=4, help="images per scanner for codes")
+    g.add_argument(
+        "--code-windows", type=int, default=8, help="training-size windows per image for codes"
+    )
     g.add_argument("--resume", action="store_true", help="continue from OUT/latest.json")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -273,7 +276,7 @@ def run(args: argparse.Namespace) -> Path:
 
     if not args.input.exists():
         raise UserError(f"input not found: {args.input}", ExitCode.NO_INPUT)
-    for name in ("steps", "checkpoint_every", "keep_checkpoints", "code_images"):
+    for name in ("steps", "checkpoint_every", "keep_checkpoints", "code_images", "code_windows"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1", ExitCode.USAGE)
     if args.patch_size is not None and args.patch_size not in range(0, 1025):
@@ -347,6 +350,7 @@ def run(args: argparse.Namespace) -> Path:
         elastic_p=args.elastic_p,
         content_d_every=args.content_d_every,
         code_images=args.code_images,
+        code_windows=args.code_windows,
         randomize=not args.no_randomize,
         paired=not args.no_travelling_heads,
         age_window=args.age_window,
