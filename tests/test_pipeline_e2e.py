@@ -149,14 +149,28 @@ def test_pybids_finds_outputs_by_entities(demo_run):
     assert layout.get(subject="03", desc="biasfield", extension=".nii.gz")
 
 
+def _results(work: Path) -> dict[str, float]:
+    """Modification time of every node's result file: a recomputed node rewrites it."""
+    return {p.parent.name + "/" + p.parent.parent.name: p.stat().st_mtime_ns
+            for p in work.rglob("result_*.pklz")}  # fmt: skip
+
+
 def test_rerun_reuses_cache_and_is_identical(demo_run, demo_bids, tiny_model):
+    """A rerun, even with another --omp-nthreads (not hashed: it changes no output), reruns no
+    computing node and writes identical outputs."""
     root, _ = demo_run
     before = _digests(root / "out")
+    computed = {k: v for k, v in _results(root / "work").items()
+                if k.split("/")[0] in ("n4", "brain_extraction", "affine", "harmonize")}  # fmt: skip
+    assert len(computed) >= 12  # 3 images x 4 computing nodes
     proc = _pipeline(
-        demo_bids, root / "out", root / "work", tiny_model, "--output-spaces", "template", "T1w"
-    )
+        demo_bids, root / "out", root / "work", tiny_model, "--output-spaces", "template", "T1w",
+        "--omp-nthreads", "2",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _digests(root / "out") == before
+    after = _results(root / "work")
+    assert {k: after[k] for k in computed} == computed
 
 
 def test_participant_selection(demo_run, demo_bids, tiny_model):

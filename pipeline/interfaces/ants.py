@@ -314,7 +314,8 @@ def itk_threads(n: int):
 # Nipype interfaces
 # ----------------------------------------------------------------------------------------
 class _ThreadsInputSpec(BaseInterfaceInputSpec):
-    num_threads = traits.Int(1, usedefault=True, desc="ITK threads")
+    # nohash, as Nipype's own ANTs interfaces: a rerun with another thread count reuses the cache
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
 
 
 class _Reorient2StdInputSpec(BaseInterfaceInputSpec):

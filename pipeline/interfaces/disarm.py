@@ -45,8 +45,11 @@ class _DisarmHarmonizeInputSpec(BaseInterfaceInputSpec):
         desc="sha256 of the model's weights: part of the node's hash, so a changed model reruns"
     )
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="where the network runs")
-    seed = traits.Int(0, usedefault=True, desc="random seed (recorded)")
-    num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
+    # not hashed: inference draws nothing at random (the seed is only recorded), and a thread
+    # count changes float summation order, not the model's answer; a rerun with another
+    # --omp-nthreads reuses the cache instead of recomputing every image
+    seed = traits.Int(0, usedefault=True, nohash=True, desc="random seed (recorded)")
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="torch CPU threads")
     # Nipype's MultiProc counts nodes with a true ``use_gpu`` against ``n_gpu_procs``.
     use_gpu = traits.Bool(False, usedefault=True, desc="set when the node runs on CUDA")
 
