@@ -510,7 +510,7 @@ def scanner_quantiles(
 
     found = {}
     for j, prof in enumerate(profiles):
-        sim = simulate_scanner(clean, prof, voxel_size_mm=vox, seed=seed + j)
+        sim = simulate_scanner(clean, prof, voxel_size_mm=vox, seed=seed + j, brain_mask=mask)
         found[prof.name] = np.percentile(sim[box][mask[box]], QUANTILES)
     return found
 
@@ -586,7 +586,9 @@ def evaluate(
         )
         outputs: dict[str, list[Volume]] = {m: [] for m in methods}
         for k, prof in enumerate(profiles):
-            sim = simulate_scanner(clean, prof, voxel_size_mm=vox, seed=seed + 1000 * i + k)
+            sim = simulate_scanner(
+                clean, prof, voxel_size_mm=vox, seed=seed + 1000 * i + k, brain_mask=mask
+            )
             sim_energy = nyquist_energy(sim[box], inside)
             for name, fn in methods.items():
                 t = time.perf_counter()
@@ -811,7 +813,9 @@ def evaluate_and_report(plan: Plan, found: dict[str, object], deriv: Path) -> in
     ref_img, ref_clean, ref_mask = load_head(Head(ref, found[ref]))
     vox = tuple(float(v) for v in ref_img.header.get_zooms()[:3])
     population = [
-        simulate_scanner(ref_clean, p, voxel_size_mm=vox, seed=args.seed + 999_000 + j)
+        simulate_scanner(
+            ref_clean, p, voxel_size_mm=vox, seed=args.seed + 999_000 + j, brain_mask=ref_mask
+        )
         for j, p in enumerate(plan.train_profiles)
     ]
     reference = population[0]  # the reference head on the target (first training) scanner

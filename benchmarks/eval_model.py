@@ -39,12 +39,26 @@ from models.simulate import (
 )
 
 
-def _crop_to_head(img: nib.Nifti1Image) -> nib.Nifti1Image:
-    """Crop to the head's bounding box (+4 voxels): SSIM of empty air says nothing."""
+def _head_box(img: nib.Nifti1Image) -> tuple[slice, ...]:
+    """The head's bounding box (+4 voxels): SSIM of empty air says nothing."""
     data = np.asarray(img.dataobj, np.float32)
     box = ndimage.find_objects((data > 0.05 * np.percentile(data, 99)).astype(int))[0]
-    box = tuple(slice(max(s.start - 4, 0), s.stop + 4) for s in box)
-    return nib.Nifti1Image(data[box], img.affine, img.header)
+    return tuple(slice(max(s.start - 4, 0), s.stop + 4) for s in box)
+
+
+def _crop_to_head(img: nib.Nifti1Image) -> nib.Nifti1Image:
+    box = _head_box(img)
+    return nib.Nifti1Image(np.asarray(img.dataobj, np.float32)[box], img.affine, img.header)
+
+
+def _brain_mask(path: str | None, img: nib.Nifti1Image) -> np.ndarray | None:
+    """The brain mask (a file on the heads' grid) cropped like the head, or ``None``."""
+    if not path:
+        return None
+    mask = np.asarray(nib.load(path).dataobj) > 0
+    if mask.shape != img.shape[:3]:
+        raise SystemExit(f"eval_model.py: error: {path} is not on the grid of the heads")
+    return mask[_head_box(img)]
 
 
 def _two_mm(data: np.ndarray) -> np.ndarray:
@@ -66,15 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", default="unseen")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--figure", default=None, help="PNG: the first head on 3 profiles")
+    parser.add_argument(
+        "--brain-mask", default=None, help="brain mask on the heads' grid (the template's)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     profiles = {"unseen": unseen_profiles, "training": training_profiles}.get(
         args.profiles, lambda: resolve_profiles(args.profiles)
     )()
     harmonizer = Harmonizer.from_dir(args.model, device="cpu")
-    heads = [_crop_to_head(nib.load(p)) for p in args.heads]
+    raw = [nib.load(p) for p in args.heads]
+    heads = [_crop_to_head(im) for im in raw]
+    masks = [_brain_mask(args.brain_mask, im) for im in raw]
     start = time.time()
-    rows = evaluate.travelling_heads(heads, lambda im: harmonizer.harmonize(im)[0], profiles)
+    rows = evaluate.travelling_heads(
+        heads, lambda im: harmonizer.harmonize(im)[0], profiles, brain_masks=masks
+    )
     print(
         f"## Travelling heads: {len(heads)} unseen heads x {len(profiles)} profiles "
         f"({', '.join(p.name for p in profiles)}), scanner-free, {time.time() - start:.0f} s\n"
@@ -93,16 +114,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("\n## Detail on a 1 mm head\n")
         print(
-            "| input vs | SSIM | fine-band energy ratio | fine-band correlation | checkerboard |"
+            "| input vs | SSIM | SSIM structure | fine-band energy ratio | fine-band correlation "
+            "| checkerboard |"
         )
-        print("|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|")
         for name, other in rows:
             fine = evaluate.fine_detail(img, other)
             out_data = np.asarray(other.dataobj, np.float32)
             checker = evaluate.checkerboard_ratio(data, out_data, head)
             print(
                 f"| {name} | {evaluate.ssim_to_input(img, other):.4f} | "
-                f"{fine['energy_ratio']:.3f} | {fine['correlation']:.3f} | {checker:.3f} |"
+                f"{evaluate.ssim_structure(data, out_data):.4f} | {fine['energy_ratio']:.3f} | "
+                f"{fine['correlation']:.3f} | {checker:.3f} |"
             )
     if args.figure:
         save_figure(args.figure, nib.load(args.heads[0]), harmonizer, profiles[:3])

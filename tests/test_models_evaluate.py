@@ -57,3 +57,14 @@ def test_uneven_transposed_convolution_is_a_checkerboard(head):
     weight = 1.0 + 0.05 * torch.randn(1, 1, 2, 2, 2, generator=torch.Generator().manual_seed(0))
     up = torch.nn.functional.conv_transpose3d(low, weight, stride=2)[0, 0].numpy()
     assert checkerboard_ratio(data, up, mask) > 1.5
+
+
+def test_ssim_structure_ignores_brightness_and_contrast():
+    from models.evaluate import ssim_structure
+
+    rng = np.random.default_rng(0)
+    smooth = ndimage.gaussian_filter(rng.random((24, 24, 24)), 2).astype(np.float32)
+    assert ssim_structure(smooth, smooth) == pytest.approx(1.0)
+    assert ssim_structure(smooth, 3 * smooth + 5) == pytest.approx(1.0, abs=1e-6)
+    other = ndimage.gaussian_filter(rng.random((24, 24, 24)), 2).astype(np.float32)
+    assert abs(ssim_structure(smooth, other)) < 0.3
