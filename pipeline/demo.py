@@ -69,9 +69,11 @@ def make_demo_dataset(
     import nibabel as nb
     from scipy import ndimage
 
-    from models.simulate import simulate_scanner, training_profiles
+    from models.simulate import legacy_profiles, simulate_scanner
 
-    profiles = training_profiles()[:n_scanners]
+    # the synthetic head has no brain mask for the tissue simulator: the first simulator's
+    # global-curve scanners (Siemens Prisma_fit, GE DISCOVERY MR750) make the demo's two sites
+    profiles = legacy_profiles()[:n_scanners]
     head, head_affine = _synthetic_head()
     rng = np.random.default_rng(seed)
     shape = tuple(int(round(f / voxel_mm)) for f in FOV_MM)

@@ -64,9 +64,10 @@ def write_fake_derivatives(
     Subject ``i`` is ``sub-<i+1>`` on scanner ``i % n_scanners``; ``sessions`` gives each
     subject one image per session (same scanner).
     """
-    from models.simulate import simulate_scanner, training_profiles
+    from models.simulate import legacy_profiles, simulate_scanner
 
-    profiles = [training_profiles()[k] for k in (0, 2, 4)][:n_scanners]
+    # the first simulator's global curves: strong, simple scanner differences for the statistics
+    profiles = [legacy_profiles()[k] for k in (0, 2, 4)][:n_scanners]
     base, affine = _template_on_grid()
     centre = (np.array(base.shape) - 1) / 2
     bids_dir, out_dir = root / "bids", root / "derivatives"
