@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import default_permissions, write_json_atomic
 from .networks import NetworkConfig
 
 __all__ = [
@@ -111,22 +112,6 @@ def unflatten_state(skeleton, tensors: dict[str, torch.Tensor]):
     return walk(skeleton)
 
 
-def _chmod_default(path, mode: int) -> None:
-    """Give a mkstemp/mkdtemp path the permissions a plain open()/mkdir() would have."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, mode & ~umask)
-
-
-def _atomic_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    _chmod_default(tmp, 0o666)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
 def write_model_dir(
     dest: str | Path,
     state_dict: dict[str, torch.Tensor],
@@ -141,7 +126,7 @@ def write_model_dir(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-    _chmod_default(tmp, 0o777)  # mkdtemp makes 0700; a model folder is meant to be shared
+    default_permissions(tmp, 0o777)  # a model folder is meant to be shared
     try:
         tensors = {k: v.detach().cpu().contiguous().float() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
@@ -149,10 +134,10 @@ def write_model_dir(
         if training_state is not None:
             st_tensors, skeleton = flatten_state(training_state)
             save_file(st_tensors, str(tmp / STATE_TENSORS))
-            _atomic_json(tmp / STATE_JSON, skeleton)
-        _atomic_json(tmp / CARD, card)  # last: a directory with a card is complete
+            write_json_atomic(tmp / STATE_JSON, skeleton, sort_keys=False)
+        write_json_atomic(tmp / CARD, card, sort_keys=False)  # last: a card = complete
         for f in tmp.iterdir():  # safetensors writes 0600
-            _chmod_default(f, 0o666)
+            default_permissions(f)
         old = None
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")

@@ -28,12 +28,12 @@ TI 1000), IXI (SPGR TR 9.8, flip 8) and Philips 3D TFE (shot interval 2000-3000,
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import write_json_atomic
 
 __all__ = [
     "ScannerProfile",
@@ -305,15 +305,7 @@ def load_profiles(path: str | Path) -> list[ScannerProfile]:
 
 def save_profiles(profiles: list[ScannerProfile], path: str | Path) -> None:
     """Write profiles as a JSON list (atomically: temporary file, then rename)."""
-    path = Path(path)
-    text = json.dumps([p.to_dict() for p in profiles], indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_json_atomic(path, [p.to_dict() for p in profiles], sort_keys=False)
 
 
 def resolve_profiles(spec: str | Path) -> list[ScannerProfile]:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .atomic import write_json_atomic
 from .checkpoint import (
     CheckpointError,
     load_model,
@@ -104,12 +105,6 @@ def _dist_setup(device: torch.device) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     return rank, ws, device
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -289,7 +284,7 @@ def train(
         name = f"checkpoints/step-{step:06d}"
         tstate = {"step": step, "seed": opts.seed, "trainer": trainer.state_dict()}
         write_model_dir(out / name, state, card, training_state=tstate)
-        _atomic_json(latest, {"checkpoint": name, "step": step})
+        write_json_atomic(latest, {"checkpoint": name, "step": step})
         olds = sorted((out / "checkpoints").glob("step-*"))[: -max(1, opts.keep_checkpoints)]
         for old in olds:
             shutil.rmtree(old, ignore_errors=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.atomic import write_json_atomic
 from pipeline import __version__
 from pipeline.exitcodes import ExitCode, UserError
 
@@ -218,17 +218,6 @@ def derivative_dir(entities: Mapping[str, str], datatype: str = "anat") -> Path:
     if entities.get("session"):
         path /= f"ses-{entities['session']}"
     return path / datatype
-
-
-def write_json_atomic(path: Path, content: Mapping[str, Any]) -> None:
-    """Write JSON through a temporary file and a rename: never a half-written file."""
-    text = json.dumps(content, indent=2, sort_keys=True, default=str) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def container_info() -> dict[str, str] | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bids import write_json_atomic
+from models.atomic import write_json_atomic
 from pipeline.exitcodes import ExitCode
 
 #: Field of view of the demo images (mm): larger than a head, as a scanner's would be.

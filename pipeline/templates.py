@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from models.atomic import atomic_path
 
 FSL_SPACE = "MNI152NLin6Asym"
 NILEARN_SPACE = "MNI152NLin2009aSym"
@@ -93,15 +94,8 @@ def _fsl_template(resolution: int) -> Template | None:
 
 def _atomic_save(img, path: Path) -> None:
     """Write a NIfTI so a concurrent reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".nii.gz", prefix=".tmp-")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".nii.gz") as tmp:
         img.to_filename(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _nilearn_template(resolution: int) -> Template:

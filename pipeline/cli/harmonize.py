@@ -9,13 +9,11 @@ unknown target scanner), 66 input image or model missing/unreadable, 16 input im
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import NoReturn
 
+from models.atomic import atomic_path, write_json_atomic
 from pipeline.exitcodes import ExitCode, UserError
 
 
@@ -134,21 +132,10 @@ def run(args: argparse.Namespace) -> Path:
     out_file = args.out_file
     sidecar = out_file.with_name(_nii_stem(out_file) + ".json")
     try:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
         suffix = ".nii.gz" if out_file.name.endswith(".gz") else ".nii"
-        fd, tmp_img = tempfile.mkstemp(dir=out_file.parent, prefix=".tmp-", suffix=suffix)
-        os.close(fd)
-        nib.save(out, tmp_img)
-        fd, tmp_json = tempfile.mkstemp(dir=out_file.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(meta, fh, indent=2, default=str)
-            fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        for tmp in (tmp_img, tmp_json):  # mkstemp makes 0600; outputs are ordinary files
-            os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp_img, out_file)
-        os.replace(tmp_json, sidecar)
+        with atomic_path(out_file, suffix=suffix) as tmp:
+            nib.save(out, str(tmp))
+        write_json_atomic(sidecar, meta, sort_keys=False)
     except OSError as exc:
         raise UserError(f"cannot write {out_file}: {exc}", ExitCode.CANT_CREATE) from None
     return out_file

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from nipype.interfaces.base import (
@@ -16,7 +14,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from pipeline.bids import derivative_dir, derivative_name, write_json_atomic
+from models.atomic import atomic_path, write_json_atomic
+from pipeline.bids import derivative_dir, derivative_name
 
 
 def _needs_rewrite(src: Path, dest: Path) -> bool:
@@ -33,25 +32,17 @@ def _needs_rewrite(src: Path, dest: Path) -> bool:
 def _copy_atomic(src: Path, dest: Path) -> None:
     """Copy through a hidden temporary file and a rename, so that an interrupted run never
     leaves a half-written output under its final name."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if dest.name.endswith((".nii", ".nii.gz")) and _needs_rewrite(src, dest):
+    nifti = dest.name.endswith((".nii", ".nii.gz"))
+    suffix = ".nii.gz" if dest.name.endswith(".gz") else ".nii" if nifti else ".tmp"
+    with atomic_path(dest, suffix=suffix) as tmp:
+        if nifti and _needs_rewrite(src, dest):
             import nibabel as nb
 
             img = nb.load(str(src))
             img.header.set_xyzt_units("mm", "sec")
-            nb.save(img, tmp + ".nii.gz")
-            os.replace(tmp + ".nii.gz", tmp)
+            nb.save(img, str(tmp))
         else:
             shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    finally:
-        for leftover in (tmp, tmp + ".nii.gz"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
 
 
 class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
