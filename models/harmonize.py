@@ -34,6 +34,7 @@ from scipy import ndimage
 
 from . import DEFAULT_MODEL_DIR
 from .checkpoint import CheckpointError, load_model, versions
+from .devices import DeviceError, resolve_device
 from .disarm import Disarm, autocast_for, one_hot, windows
 from .intensity import FIXED_OUTPUT_RANGE, denormalize, normalize, robust_range
 from .networks import NetworkConfig
@@ -45,17 +46,6 @@ MODES = ("scanner-free", "target", "reference")
 
 class HarmonizeError(ValueError):
     """A user-level problem with a harmonization request (bad image, unknown target...)."""
-
-
-def _device(spec: str | torch.device) -> torch.device:
-    if isinstance(spec, torch.device):
-        return spec
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HarmonizeError("device 'cuda' was asked for, but no CUDA device is available")
-    return dev
 
 
 def _volume(img: nib.Nifti1Image, what: str) -> np.ndarray:
@@ -142,7 +132,10 @@ class Harmonizer:
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"model directory not found: {path}")
-        dev = _device(device)
+        try:
+            dev = resolve_device(device)
+        except DeviceError as exc:
+            raise HarmonizeError(str(exc)) from None
         model, card = load_model(path, dev)
         return cls(model, card, path, dev)
 

@@ -39,6 +39,7 @@ from .checkpoint import (
     write_model_dir,
 )
 from .data import PairSampler, Prefetcher, TrainImage
+from .devices import DeviceError, resolve_device
 from .disarm import Disarm, one_hot
 from .losses import LossWeights
 from .networks import NetworkConfig, get_config
@@ -81,16 +82,6 @@ class TrainOptions:
     loss_weights: dict = field(default_factory=dict)  #: LossWeights overrides
     progress: bool = True
     name: str = "disarm"
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU -> TrainingError."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for, but no CUDA device is available")
-    return dev
 
 
 def _dist_setup(device: torch.device) -> tuple[int, int, torch.device]:
@@ -214,7 +205,10 @@ def train(
     """Train DISARM on ``images`` (labels in the order of ``scanners``); returns OUT/model."""
     out = Path(opts.out_dir)
     latest = out / "latest.json"
-    device = resolve_device(opts.device)
+    try:
+        device = resolve_device(opts.device)
+    except DeviceError as exc:
+        raise TrainingError(str(exc)) from None
     rank, world, device = _dist_setup(device)
     if resume and not latest.is_file():
         raise TrainingError(f"--resume: no checkpoint to resume from in {out}")

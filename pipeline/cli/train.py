@@ -271,8 +271,9 @@ def run(args: argparse.Namespace) -> Path:
 
     from models.checkpoint import CheckpointError
     from models.data import TrainImage, build_simulated
+    from models.devices import DeviceError, resolve_device
     from models.simulate import resolve_profiles
-    from models.train import TrainingError, TrainOptions, resolve_device, train
+    from models.train import TrainingError, TrainOptions, train
 
     if not args.input.exists():
         raise UserError(f"input not found: {args.input}", ExitCode.NO_INPUT)
@@ -289,7 +290,7 @@ def run(args: argparse.Namespace) -> Path:
         torch.set_num_threads(max(1, args.nthreads))
     try:
         device = resolve_device(args.device)
-    except TrainingError as exc:
+    except DeviceError as exc:
         raise UserError(str(exc), ExitCode.USAGE) from None
 
     pairs = collect_tsv(args) if args.input.is_file() else collect_bids(args)

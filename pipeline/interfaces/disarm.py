@@ -21,12 +21,12 @@ _LOG = logging.getLogger("nipype.interface")
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu`` (names, for Nipype inputs)."""
     if device != "auto":
         return device
-    import torch
+    from models.devices import resolve_device as resolve
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve(device).type
 
 
 class _DisarmHarmonizeInputSpec(BaseInterfaceInputSpec):
