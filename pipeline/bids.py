@@ -24,16 +24,21 @@ SCANNER_FIELDS = (
     "SoftwareVersions",
 )
 
-#: Entities of a T1w file that identify it, in BIDS filename order, with their key.
+#: Entities of a T1w file that identify it, in BIDS filename order, with their key (every
+#: entity BIDS allows on an anatomical T1w: multi-echo, magnitude/phase parts, chunks).
 SOURCE_ENTITIES = (
     ("subject", "sub"),
     ("session", "ses"),
+    ("task", "task"),
     ("acquisition", "acq"),
     ("ceagent", "ce"),
     ("reconstruction", "rec"),
     ("run", "run"),
+    ("echo", "echo"),
+    ("part", "part"),
+    ("chunk", "chunk"),
 )
-#: Derivative entities, in BIDS filename order.
+#: Derivative entities.
 DERIVATIVE_ENTITIES = (
     ("from", "from"),
     ("to", "to"),
@@ -42,6 +47,12 @@ DERIVATIVE_ENTITIES = (
     ("res", "res"),
     ("desc", "desc"),
 )
+#: Every entity of an output name, in the order of the BIDS entity table (space comes before
+#: chunk there; transforms' from/to/mode after the source entities, as fMRIPrep names them).
+NAME_ORDER = (
+    "subject", "session", "task", "acquisition", "ceagent", "reconstruction", "run", "echo",
+    "part", "from", "to", "mode", "space", "chunk", "res", "desc",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -200,15 +211,12 @@ def derivative_name(
 
     ``derived`` holds the derivative entities (space, desc, from, to, mode, res).
     """
-    parts = [f"{key}-{entities[name]}" for name, key in SOURCE_ENTITIES if entities.get(name)]
-    parts += [
-        f"{key}-{derived[name]}"
-        for name, key in DERIVATIVE_ENTITIES
-        if derived.get(name) not in (None, "")
-    ]
     unknown = set(derived) - {name for name, _ in DERIVATIVE_ENTITIES}
     if unknown:
         raise ValueError(f"unknown derivative entities {sorted(unknown)}")
+    keys = dict(SOURCE_ENTITIES + DERIVATIVE_ENTITIES)
+    values = {n: entities.get(n) for n, _ in SOURCE_ENTITIES} | dict(derived)
+    parts = [f"{keys[n]}-{values[n]}" for n in NAME_ORDER if values.get(n) not in (None, "")]
     return "_".join([*parts, suffix]) + extension
 
 

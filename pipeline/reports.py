@@ -39,7 +39,8 @@ GOOD_NCC = 0.8
 
 _PREPROC = re.compile(
     r"^(?P<source>sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*?)"
-    r"_space-(?P<space>[A-Za-z0-9]+)(?:_res-(?P<res>[A-Za-z0-9]+))?"
+    r"_space-(?P<space>[A-Za-z0-9]+)(?:_chunk-(?P<chunk>[A-Za-z0-9]+))?"
+    r"(?:_res-(?P<res>[A-Za-z0-9]+))?"
     r"_desc-preproc_T1w\.nii(?:\.gz)?$"
 )
 _HARMONIZED_DESC = re.compile(r"^harmonized(?:To[A-Za-z0-9]+)?$")
@@ -49,7 +50,7 @@ _HARMONIZED_DESC = re.compile(r"^harmonized(?:To[A-Za-z0-9]+)?$")
 class ImageOutputs:
     """The participant-level outputs of one T1w image (paths inside ``output_dir``)."""
 
-    source: str  #: source entities, e.g. ``sub-01_ses-a_run-1``
+    source: str  #: source entities before space, e.g. ``sub-01_ses-a_run-1_echo-1``
     space: str
     res: str | None
     preproc: Path
@@ -57,6 +58,7 @@ class ImageOutputs:
     harmonized: dict[str, Path] = field(default_factory=dict)  #: desc -> image
     harmonized_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     xfm: Path | None = None
+    chunk: str | None = None  #: BIDS puts chunk after space
 
     @property
     def subject(self) -> str:
@@ -64,8 +66,11 @@ class ImageOutputs:
 
     @property
     def stem(self) -> str:
-        """Name up to ``desc``: ``<source>_space-<space>[_res-<res>]``."""
-        return f"{self.source}_space-{self.space}" + (f"_res-{self.res}" if self.res else "")
+        """Name up to ``desc``: ``<source>_space-<space>[_chunk-<chunk>][_res-<res>]``."""
+        chunk = f"_chunk-{self.chunk}" if self.chunk else ""
+        return f"{self.source}_space-{self.space}{chunk}" + (
+            f"_res-{self.res}" if self.res else ""
+        )
 
     @property
     def resolution(self) -> int:
@@ -112,6 +117,7 @@ def collect_outputs(output_dir: Path, subjects: list[str] | None = None) -> list
             res=match["res"],
             preproc=path,
             preproc_meta=_read_json(_sidecar(path)),
+            chunk=match["chunk"],
         )
         for candidate in sorted(path.parent.glob(f"{item.stem}_desc-harmonized*_T1w.nii*")):
             desc = candidate.name[len(item.stem) + len("_desc-") :].split("_")[0]
@@ -119,7 +125,10 @@ def collect_outputs(output_dir: Path, subjects: list[str] | None = None) -> list
                 item.harmonized[desc] = candidate
                 item.harmonized_meta[desc] = _read_json(_sidecar(candidate))
         for ext in (".txt", ".mat"):
-            xfm = path.parent / f"{item.source}_from-T1w_to-{item.space}_mode-image_xfm{ext}"
+            chunk = f"_chunk-{item.chunk}" if item.chunk else ""
+            xfm = path.parent / (
+                f"{item.source}_from-T1w_to-{item.space}_mode-image{chunk}_xfm{ext}"
+            )
             if xfm.is_file():
                 item.xfm = xfm
                 break
