@@ -160,6 +160,20 @@ def _ages(args) -> dict[str, float]:
         ) from None
 
 
+def _preprocessing(first: Path) -> dict:
+    """Template space and preprocessing of the training images, from the first image's name
+    (``space-`` entity) and sidecar (``Preprocessing``), so that the model card says which
+    space and which preprocessing its inputs must come from."""
+    space = next((p[6:] for p in first.name.split("_") if p.startswith("space-")), None)
+    sidecar = first.with_name(first.name.split(".nii")[0] + ".json")
+    try:
+        prep = json.loads(sidecar.read_text()).get("Preprocessing") or {}
+    except (OSError, ValueError):
+        prep = {}
+    keep = ("Backend", "Template", "TemplateSource", "Steps")
+    return {"template_space": space, "preprocessing": {k: prep[k] for k in keep if k in prep}}
+
+
 def _brain_mask(spec: str, first: Path) -> str | None:
     """The brain mask for the simulator: a file, none, or the template mask of ``first``'s
     space (``space-`` entity) at its voxel size; ``None`` when it cannot be told."""
@@ -333,6 +347,7 @@ def run(args: argparse.Namespace) -> Path:
             )
     summary["images_per_scanner"] = dict(Counter(im.scanner for im in images))
     summary["subjects"] = sorted({_subject(p) for p, _ in pairs if _subject(p)})
+    summary.update(_preprocessing(pairs[0][0]))
 
     patch = args.patch_size
     if patch is None:
