@@ -13,6 +13,18 @@ def init_disarm_wf(config: Config, inputs: list[T1wInput]) -> pe.Workflow:
 
     Each image gets its own :func:`init_single_t1w_wf`, so images run in parallel under
     MultiProc or as separate jobs under a cluster plugin.
+
+    Parameters
+    ----------
+    config
+        the run's configuration (:class:`pipeline.config.Config`)
+    inputs
+        the T1w images to process (:func:`pipeline.bids.collect_t1w`)
+
+    Inputs / Outputs
+    ----------------
+    None: every subgraph's input file is fixed when the graph is built, and its outputs are
+    written by its BIDS-Derivatives sinks into ``config.output_dir``.
     """
     from pipeline.templates import get_template
 
@@ -29,7 +41,22 @@ def init_single_t1w_wf(config: Config, t1w: T1wInput, template) -> pe.Workflow:
     preprocessing (:func:`workflows.preproc.init_preproc_wf`) -> harmonization
     (:func:`workflows.harmonize.init_harmonize_wf`, unless ``--harmonize none``) -> optional
     resampling back to native space -> BIDS-Derivatives sinks (:mod:`workflows.outputs`).
-    The workflow has no inputnode: the T1w file is fixed when the graph is built.
+
+    Nodes
+    -----
+    preproc_wf
+        reorientation, bias-field correction, registration to ``template``
+    ds_preproc_wf
+        stores ``desc-preproc``, the transform and the bias field
+    harmonize_wf, ds_harmonized_wf
+        DISARM and its ``desc-harmonized*`` outputs (unless ``--harmonize none``)
+    to_native_wf
+        the harmonized image resampled to the T1w's own grid (``--output-spaces T1w``)
+
+    Inputs / Outputs
+    ----------------
+    None: the workflow has no inputnode or outputnode. The T1w file is fixed when the graph
+    is built, and the sinks write every output into ``config.output_dir``.
     """
     from workflows.outputs import init_ds_preproc_wf
     from workflows.preproc import init_preproc_wf
