@@ -203,3 +203,21 @@ def test_resize_upsampling_prints_no_checkerboard(seed):
         energy[scheme] = nyquist_energy(y, np.ones(y.shape, bool))
     assert energy["transpose"] > 1e-3
     assert energy["resize"] < 1e-4 and energy["resize"] < 0.02 * energy["transpose"]
+
+
+def test_up_norm_fixes_the_output_level_of_a_patch():
+    """With instance norm after the upsampling layers (the reference), G's output level on a
+    patch hardly follows its input's level; without it, it does (up_norm=False)."""
+    from models.networks import Generator
+
+    torch.manual_seed(0)
+    zb = torch.randn(1, 8, 8, 8, 8)
+    spread = {}
+    for norm in (True, False):
+        torch.manual_seed(1)
+        gen = Generator(get_config("fast", n_scanners=2, up_norm=norm)).eval()
+        with torch.no_grad():
+            means = [gen(zb + s, torch.zeros(1, 8), torch.zeros(1, 2))[:, :1].mean().item()
+                     for s in (-2.0, 0.0, 2.0)]  # fmt: skip
+        spread[norm] = max(means) - min(means)
+    assert spread[False] > 5 * spread[True]

@@ -24,6 +24,10 @@ class NetworkConfig:
     ``detail_gate``: with ``output="detail"``, G also draws a gate in [0, 1] that scales the
     input's detail band (``y = up(G) + up(gate) * (x - up(down(x)))``), so noise in flat
     tissue need not pass through untouched while edges keep their detail.
+    ``up_norm``: instance norm after G's upsampling convolutions (the reference). It sets each
+    channel's mean over the volume to zero, so G cannot set the output's mean level from its
+    input: on whole heads the layout of head and air tells it, on a patch inside the brain
+    nothing does. ``False`` keeps the norm in G's residual blocks only.
     """
 
     name: str = "reference"
@@ -42,6 +46,7 @@ class NetworkConfig:
     clip_max: float = 1.0  #: upper clip of normalized intensities ([-1, clip_max])
     upsample: str = "resize"  #: "resize" (trilinear + conv) or "transpose" (reference)
     detail_gate: bool = False  #: learn a gate on the detail band (only with output="detail")
+    up_norm: bool = True  #: instance norm in G's upsampling layers (ref); see below
 
     def __post_init__(self) -> None:
         if self.n_scanners < 2:
@@ -72,6 +77,7 @@ class NetworkConfig:
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         # cards written before these fields existed: transposed convolutions, no gate
         d.setdefault("upsample", "transpose")
+        d.setdefault("up_norm", True)
         return cls(**d)
 
 
@@ -83,7 +89,8 @@ def reference_config(n_scanners: int = 5) -> NetworkConfig:
 
 def fast_config(n_scanners: int = 5) -> NetworkConfig:
     """The shipped configuration: reference widths, run at half resolution, gated detail
-    output, resize-convolution upsampling."""
+    output, resize-convolution upsampling, no instance norm after G's upsampling (it trains
+    on patches, where that norm hides the level of the tissue a patch holds)."""
     return NetworkConfig(
         name="fast",
         n_scanners=n_scanners,
@@ -91,6 +98,7 @@ def fast_config(n_scanners: int = 5) -> NetworkConfig:
         output="detail",
         clip_max=2.0,
         detail_gate=True,
+        up_norm=False,
     )
 
 

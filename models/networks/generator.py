@@ -17,8 +17,8 @@ class _Resize2(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
 
 
-def _up(cin: int, cout: int, stride: int, scheme: str) -> nn.Sequential:
-    """Double the size (stride 2) or keep it (stride 1), then IN, ReLU.
+def _up(cin: int, cout: int, stride: int, scheme: str, norm: bool = True) -> nn.Sequential:
+    """Double the size (stride 2) or keep it (stride 1), then IN (``norm``), ReLU.
 
     ``"transpose"``: the reference's ConvTranspose3d(k=3); at stride 2 its kernel overlaps
     unevenly and prints a checkerboard. ``"resize"``: trilinear x2 then a 3x3x3 convolution.
@@ -29,7 +29,7 @@ def _up(cin: int, cout: int, stride: int, scheme: str) -> nn.Sequential:
         layer = nn.Sequential(_Resize2(), conv(cin, cout, 3))
     else:
         layer = conv(cin, cout, 3)
-    return nn.Sequential(layer, inorm(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(layer, inorm(cout) if norm else nn.Identity(), nn.ReLU(inplace=True))
 
 
 class Generator(nn.Module):
@@ -47,9 +47,9 @@ class Generator(nn.Module):
         self.share = ResBlock(cb)
         t = cb + nz + nc
         self.blocks = nn.Sequential(*[ResBlock(t) for _ in range(cfg.n_gen_blocks)])
-        self.up2 = _up(t + nz, (t + nz) // 2, 2, cfg.upsample)
+        self.up2 = _up(t + nz, (t + nz) // 2, 2, cfg.upsample, cfg.up_norm)
         t2 = (t + nz) // 2
-        self.up1 = _up(t2 + nz, (t2 + nz) // 2, 1, cfg.upsample)
+        self.up1 = _up(t2 + nz, (t2 + nz) // 2, 1, cfg.upsample, cfg.up_norm)
         t3 = (t2 + nz) // 2
         gate = cfg.detail_gate and cfg.output == "detail"
         out = 2 if cfg.output == "affine" or gate else 1
