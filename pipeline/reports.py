@@ -28,14 +28,13 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.exitcodes import ExitCode, UserError
+from pipeline.qc import GOOD_NCC
 
 #: Lines ``.bidsignore`` must hold so the validator skips reports and group-level files.
 #: ``figures`` without a slash: bids-validator-deno 2 does not match ``figures/`` or
 #: ``**/figures/``. Transforms (``*_xfm.*``) are not in BIDS 1.10 yet (BEP014): any
 #: extension is reported NOT_INCLUDED.
 BIDSIGNORE = ("*.html", "figures", "group_*", "*_xfm.*")
-#: Alignment scores below this are flagged (pipeline.qc: good 0.82-0.90, failed 0.45-0.78).
-GOOD_NCC = 0.8
 
 _PREPROC = re.compile(
     r"^(?P<source>sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*?)"

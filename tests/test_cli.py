@@ -47,8 +47,7 @@ def test_unknown_analysis_level(good_bids, tmp_path):
 
 def test_usage_error(good_bids, tmp_path):
     proc = run_cli(good_bids, tmp_path / "out", "participant", "--nprocs", "zero")
-    assert proc.returncode == ExitCode.USAGE
-    assert "Traceback" not in proc.stderr
+    _assert_one_line_error(proc, ExitCode.USAGE, "--nprocs")
 
 
 def test_missing_bids_dir(tmp_path):

@@ -11,19 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 from models.atomic import atomic_path, write_json_atomic
+from pipeline.cli.parser import UsageParser
 from pipeline.exitcodes import ExitCode, UserError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(int(ExitCode.USAGE), f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog="disarm-harmonize",
         description="Harmonize one T1w NIfTI image with DISARM (image on the model's template "
         "grid, e.g. a desc-preproc output of disarm-pipeline).",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import NoReturn
 
 from pipeline import __version__
@@ -27,11 +26,12 @@ NIPYPE_PLUGINS = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that exits with EX_USAGE (64) on a usage error, as the BIDS-Apps draft asks."""
+class UsageParser(argparse.ArgumentParser):
+    """argparse that exits with EX_USAGE (64) on a usage error, as the BIDS-Apps draft asks
+    (every command of the project: disarm-pipeline, disarm-train, disarm-harmonize)."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
+        # one line, as every other user mistake (``--help`` shows the usage)
         self.exit(int(ExitCode.USAGE), f"{self.prog}: error: {message}\n")
 
 
@@ -59,7 +59,7 @@ def _harmonize(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = UsageParser(
         prog="disarm-pipeline",
         description=(
             "DISARM harmonization of T1-weighted MRI: reorientation, bias-field correction, "

@@ -25,20 +25,15 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import NoReturn
 
+from pipeline.cli.parser import UsageParser
 from pipeline.exitcodes import ExitCode, UserError
 
 PREPROC_GLOB = "*_space-*_desc-preproc_T1w.nii*"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(int(ExitCode.USAGE), f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog="disarm-train",
         description="Train a DISARM harmonization model on preprocessed T1w images.",
     )
