@@ -129,9 +129,14 @@ def test_shipped_default_model_loads():
 def test_evaluation_helpers(harmonizer):
     img = phantom((20, 22, 18))
     assert evaluate.ssim(img.get_fdata(), img.get_fdata()) == pytest.approx(1.0)
-    out, _ = harmonizer.harmonize(img)
-    s = evaluate.ssim_to_input(img, out)
-    assert -1 <= s <= 1
+    # SSIM to the input: 1 for the input itself and for a global gain (the comparison scales
+    # both by their robust range); lower for a blurred copy, lower still for another image
+    data = img.get_fdata().astype(np.float32)
+    same = evaluate.ssim_to_input(img, nib.Nifti1Image(data * 3 + 10, img.affine))
+    blurred = nib.Nifti1Image(ndimage.gaussian_filter(data, 1.5), img.affine)
+    other = nib.Nifti1Image(np.roll(data, 5, axis=0), img.affine)
+    s_blur, s_other = evaluate.ssim_to_input(img, blurred), evaluate.ssim_to_input(img, other)
+    assert same == pytest.approx(1.0, abs=1e-3) and s_other < s_blur < 0.999
     rows = evaluate.travelling_heads([img], lambda im: im, unseen_profiles()[:3])
     # the identity 'harmonizer' changes nothing: before == after
     assert rows[0]["pair_ssim_before"] == pytest.approx(rows[0]["pair_ssim_after"])
