@@ -155,11 +155,16 @@ def _ages(args) -> dict[str, float]:
         ) from None
 
 
+def _space(path: Path) -> str | None:
+    """The ``space-`` entity of a derivative's file name."""
+    return next((p[6:] for p in path.name.split("_") if p.startswith("space-")), None)
+
+
 def _preprocessing(first: Path) -> dict:
     """Template space and preprocessing of the training images, from the first image's name
     (``space-`` entity) and sidecar (``Preprocessing``), so that the model card says which
     space and which preprocessing its inputs must come from."""
-    space = next((p[6:] for p in first.name.split("_") if p.startswith("space-")), None)
+    space = _space(first)
     sidecar = first.with_name(first.name.split(".nii")[0] + ".json")
     try:
         prep = json.loads(sidecar.read_text()).get("Preprocessing") or {}
@@ -182,7 +187,7 @@ def _brain_mask(spec: str, first: Path) -> str | None:
 
     from pipeline.templates import FSL_SPACE, NILEARN_SPACE, TemplateError, get_template
 
-    space = next((p[6:] for p in first.name.split("_") if p.startswith("space-")), None)
+    space = _space(first)
     backend = {NILEARN_SPACE: "ants", FSL_SPACE: "fsl"}.get(space or "")
     res = round(float(nib.load(first).header.get_zooms()[0]))
     if backend is None or res not in (1, 2):
