@@ -161,7 +161,9 @@ def grid_summary(images: list[TrainImage]) -> dict:
     }
 
 
-def _card(opts, cfg, scanners, codes, images, grid, step, world, dev, data_summary) -> dict:
+def _card(
+    opts, cfg, scanners, codes, images, grid, step, world, dev, data_summary, *, paired: bool
+) -> dict:
     return {
         "name": opts.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -183,7 +185,7 @@ def _card(opts, cfg, scanners, codes, images, grid, step, world, dev, data_summa
             "content_d_every": opts.content_d_every,
             "content_d_alone": opts.content_d_every > 1,
             "randomized_scanners": opts.randomize,
-            "travelling_heads": opts.paired,
+            "travelling_heads": paired,  # what the sampler did: real or split domains never pair
             "age_window": opts.age_window,
             "code_windows": opts.code_windows,
             "grid": grid,
@@ -271,7 +273,19 @@ def train(
                 model, sampler, opts.code_images, opts.seed, opts.code_windows
             )
         codes = codes_at[step]
-        card = _card(opts, cfg, scanners, codes, images, grid, step, world, device, data_summary)
+        card = _card(
+            opts,
+            cfg,
+            scanners,
+            codes,
+            images,
+            grid,
+            step,
+            world,
+            device,
+            data_summary,
+            paired=sampler.paired,
+        )
         state = model.state_dict()
         if final:
             return write_model_dir(out / "model", state, card)

@@ -61,6 +61,7 @@ def test_train_bids_resume_and_harmonize(derivatives, tmp_path, capsys):
     assert set(card["scanner_codes"]) == {"Achieva", "Prisma"}
     assert len(card["scanner_codes"]["Prisma"]) == card["config"]["z_dim"]
     assert card["training"]["steps"] == 2 and card["training"]["seed"] == 0
+    assert card["training"]["travelling_heads"] is False  # real scanners never pair
     assert card["training"]["data"]["images_per_scanner"] == {"Achieva": 2, "Prisma": 2}
     assert card["training"]["grid"] == {"voxel_size_mm": [1.0, 1.0, 1.0], "shape": list(SHAPE)}
     assert json.loads((out / "latest.json").read_text())["step"] == 2
