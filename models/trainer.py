@@ -188,23 +188,16 @@ class DisarmTrainer:
             zb_a, zb_b = zb.split(n)
             zs_a, zs_b = zs.split(n)
             pad_a, pad_b = x_pad.split(n)
-            # for a: content [b, a, b], code [a, a, random], label a (ref order)
-            fa = m.generate(
-                torch.cat([zb_b, zb_a, zb_b]),
-                torch.cat([zs_a, zs_a, zr]),
-                torch.cat([ca, ca, ca]),
-                torch.cat([pad_b, pad_a, pad_b]),
+            # for a: content [b, a, b], code [a, a, random], label a; for b the mirror (ref
+            # order); one generator call for both
+            f = m.generate(
+                torch.cat([zb_b, zb_a, zb_b, zb_a, zb_b, zb_a]),
+                torch.cat([zs_a, zs_a, zr, zs_b, zs_b, zr]),
+                torch.cat([ca, ca, ca, cb, cb, cb]),
+                torch.cat([pad_b, pad_a, pad_b, pad_a, pad_b, pad_a]),
                 size,
             )
-            fb = m.generate(
-                torch.cat([zb_a, zb_b, zb_a]),
-                torch.cat([zs_b, zs_b, zr]),
-                torch.cat([cb, cb, cb]),
-                torch.cat([pad_a, pad_b, pad_a]),
-                size,
-            )
-            fake_a, self_a, _ = fa.split(n)
-            fake_b, self_b, _ = fb.split(n)
+            fake_a, self_a, rand_a, fake_b, self_b, rand_b = f.split(n)
             fake_enc = torch.cat([fake_a, fake_b])  # labels c
             zb_r, pad_r = m.content(fake_enc)
             mu_r, lv_r = m.scanner(fake_enc, c)
@@ -222,7 +215,7 @@ class DisarmTrainer:
             )
 
         # image discriminators: real vs fakes from encoded codes / from random codes
-        fake_rand = torch.cat([fa.split(n)[2], fb.split(n)[2]])
+        fake_rand = torch.cat([rand_a, rand_b])
         self._trainable(discs, True)
         for name, disc, fake in (
             ("enc", m.dis_enc, fake_enc),

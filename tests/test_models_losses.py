@@ -156,7 +156,7 @@ def test_second_pass_draws_a_fresh_random_code():
     model.generate = spy
     xa, xb = _volumes(3)
     tr.step(xa, xb, one_hot([0], 2), one_hot([1], 2))
-    first_random = codes[0][2:]  # content [b, a, b], code [a, a, random]
+    first_random = codes[0][2:3]  # content [b, a, b, ...], code [a, a, random, ...]
     second = codes[-1][:1]
     assert first_random.shape == second.shape
     assert not torch.allclose(first_random, second)
