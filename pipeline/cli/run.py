@@ -116,7 +116,7 @@ def build_config(argv: list[str] | None = None) -> Config:
     )
 
 
-def _plugin_settings(config: Config) -> tuple[str, dict]:
+def _plugin_settings(config: Config) -> tuple[str | object, dict]:
     args = dict(config.plugin_args)
     if config.plugin in ("MultiProc", "LegacyMultiProc"):
         args.setdefault("n_procs", config.nprocs)
@@ -126,6 +126,11 @@ def _plugin_settings(config: Config) -> tuple[str, dict]:
         # Forked workers inherit torch's OpenMP state from this process (it loaded the model
         # in check_model) and can deadlock in their first parallel region: start them clean.
         args.setdefault("mp_context", "forkserver")
+    if config.plugin == "MultiProc":
+        from pipeline.plugins import SafeMultiProcPlugin
+
+        # a worker killed by a segfault or the OOM killer fails its node instead of hanging
+        return SafeMultiProcPlugin(plugin_args=args), args
     return config.plugin, args
 
 
