@@ -14,7 +14,12 @@ But the identity (g = b = 0) reconstructs every image exactly, so L_rec and L_cc
 scanner code for anything. With ``"detail"`` (fast) the generator draws the image at the
 networks' resolution, as the reference does (so the content and scanner codes must carry it),
 and the detail that resolution loses, ``x - up(down(x))``, is added back from the input whose
-content code was used: ``y = up(G(z_b, z, c)) + x - up(down(x))``.
+content code was used: ``y = up(G(z_b, z, c)) + x - up(down(x))``. With ``"curves"`` G draws
+a piecewise-linear intensity curve per voxel of its grid (``curve_knots`` values at evenly
+spaced input levels over the normalized range [-1, clip_max], as bounded shifts from the
+identity), trilinearly upsampled and applied to that full-resolution image: ``y = curve(x)``.
+G sees the image's local mean and spread on z_b's grid (the canvas), so it can draw the curve
+that maps *this* image's tissue levels.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from .networks import (
     ScannerEncoder,
 )
 
-__all__ = ["Disarm", "one_hot", "autocast_for", "windows"]
+__all__ = ["Disarm", "one_hot", "autocast_for", "windows", "apply_curves"]
 
 _GAIN_LIMIT = 3.0  # |log gain| <= 3: a factor of 20 either way is already absurd
 
@@ -109,11 +114,14 @@ class Disarm(nn.Module):
         size: tuple[int, int, int],
     ) -> torch.Tensor:
         """G(z_b, z, c) at the input size; ``x_pad`` = the padded image z_b was encoded from."""
-        out = self.gen(zb, z, c)
+        canvas = self.canvas(x_pad) if self.cfg.canvas_channels else None
+        out = self.gen(zb, z, c, canvas)
         k = self.cfg.io_downsample
         if k > 1:
             out = F.interpolate(out, scale_factor=k, mode="trilinear", align_corners=False)
-        if self.cfg.output == "affine":
+        if self.cfg.output == "curves":
+            out = apply_curves(x_pad.float(), out.float(), -1.0, self.cfg.clip_max)
+        elif self.cfg.output == "affine":
             gain = out[:, :1].float().clamp(-_GAIN_LIMIT, _GAIN_LIMIT).exp()
             out = gain * x_pad.float() + out[:, 1:].float()
         elif self.cfg.output == "detail" and self.cfg.detail_gate:
@@ -122,6 +130,14 @@ class Disarm(nn.Module):
         elif self.cfg.output == "detail" and k > 1:
             out = out.float() + self.detail(x_pad)
         return self.crop(out, size)
+
+    def canvas(self, x_pad: torch.Tensor) -> torch.Tensor:
+        """The input's local mean and standard deviation on z_b's grid (B, 2, d, h, w)."""
+        f = self.cfg.factor
+        x = x_pad.float()
+        mean = F.avg_pool3d(x, f)
+        var = (F.avg_pool3d(x * x, f) - mean * mean).clamp_min(0.0)
+        return torch.cat([mean, (var + 1e-6).sqrt()], 1)  # + eps: sqrt'(0) is infinite
 
     def detail(self, x_pad: torch.Tensor) -> torch.Tensor:
         """What the networks' resolution loses: ``x - up(down(x))`` (zero when k = 1)."""
@@ -178,6 +194,31 @@ class Disarm(nn.Module):
 
     def inference_modules(self) -> list[nn.Module]:
         return [self.enc_b, self.enc_s, self.gen]
+
+
+def apply_curves(x: torch.Tensor, shifts: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Piecewise-linear curves, one per voxel, applied to x (B, 1, ...).
+
+    ``shifts`` (B, K, ...): each knot's value minus its level, softly bounded to +-(hi - lo) / 2
+    (tanh); the K levels are evenly spaced over [lo, hi]. Between two knots the curve is
+    linear. x is clamped to [lo, hi], the range normalized inputs are clipped to (an image G
+    made, in the cycle, can stray beyond it).
+    """
+    n = shifts.shape[1]
+    bound = (hi - lo) / 2
+    shifts = bound * torch.tanh(shifts / bound)
+    x = x.clamp(lo, hi)
+    step = (hi - lo) / (n - 1)
+    levels = torch.linspace(lo, hi, n, device=x.device, dtype=x.dtype)
+    levels = levels.view(1, n, *[1] * (x.dim() - 2))
+    values = levels + shifts
+    u = (x - lo) / step
+    i = u.floor().clamp(0, n - 2)
+    frac = u - i
+    i = i.long()
+    v0 = values.gather(1, i)
+    v1 = values.gather(1, i + 1)
+    return v0 + frac * (v1 - v0)
 
 
 def windows(size: tuple[int, ...], tile: int) -> list[tuple[slice, ...]]:

@@ -1,11 +1,13 @@
 """The DISARM losses, named as in METHOD.md, with the reference weights as defaults.
 
-Three more, for travelling heads (one head simulated on two scanners; the paper's future
+Four more, for travelling heads (one head simulated on two scanners; the paper's future
 work), used only when a training pair is one: ``pair_content`` (the content codes of the two
-versions agree), ``pair_free`` (their scanner-free outputs agree) and ``anchor`` (the
+versions agree), ``pair_free`` (their scanner-free outputs agree), ``anchor`` (the
 scanner-free output of a simulated head is the clean head: the scanner-free space keeps the
 tissue contrast and the differences between people, rather than drifting to whatever the
-seven unpaired losses allow).
+seven unpaired losses allow) and ``pair_translate`` (the head translated to the other
+scanner's code and label is that scanner's version of it: target mode learns from truth, and
+E_s must encode what makes a scanner's image, which the identity-friendly L_rec never asks).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "pair_content",
     "pair_free",
     "anchor",
+    "pair_translate",
 ]
 
 
@@ -47,6 +50,7 @@ class LossWeights:
     pair_content: float = 2.0  #: travelling heads: content codes agree (L1)
     pair_free: float = 5.0  #: travelling heads: scanner-free outputs agree (L1)
     anchor: float = 10.0  #: travelling heads: scanner-free output = the clean head (L1)
+    pair_translate: float = 10.0  #: travelling heads: a -> b translation = b's version (L1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,3 +114,9 @@ def anchor(free: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """Travelling heads: L1 between scanner-free outputs and the clean head (both normalized
     by their robust range, so a global gain or offset is not counted)."""
     return (free.float() - clean.float()).abs().mean()
+
+
+def pair_translate(translated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Travelling heads: L1 between one head translated from scanner a to scanner b (b's code
+    and label) and the same head simulated on b."""
+    return (translated.float() - target.float()).abs().mean()

@@ -18,7 +18,7 @@ __all__ = ["DisarmTrainer", "LOSS_NAMES"]
 #: reports D_b alone; steps without travelling heads leave the pair losses out).
 LOSS_NAMES = (
     "D_b", "D_enc", "D_cls_enc", "D_rand", "D_cls_rand", "adv_b", "adv_s", "cls_s", "rec", "cc",
-    "kl", "lat", "pair_content", "pair_free", "anchor",
+    "kl", "lat", "pair_content", "pair_free", "anchor", "pair_translate",
 )  # fmt: skip
 
 
@@ -250,6 +250,8 @@ class DisarmTrainer:
         }
         if clean is not None:
             terms.update(self._travelling_terms(zb0, x_pad, clean, n, size))
+            # fake_a is b's head drawn with a's code and label: for one head, that is xa
+            terms["pair_translate"] = (w.pair_translate, L.pair_translate(fake_enc, x))
         sum(weight * value for weight, value in terms.values()).backward()
         self._sync(*encgen)
         for k in ("enc_b", "enc_s", "gen"):

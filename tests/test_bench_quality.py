@@ -89,3 +89,17 @@ def test_participant_ages(tmp_path):
     )
     assert bq.participant_ages(tmp_path) == {"IXI012": 38.78, "02": 61.0}
     assert bq.participant_ages(tmp_path / "absent") == {}
+
+
+def test_cached_ssim_is_skimages_ssim_map_inside_the_mask():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    a = ndimage.gaussian_filter(rng.random((30, 34, 28)), 1).astype(np.float32)
+    b = (a + 0.2 * rng.random(a.shape)).astype(np.float32)
+    mask = np.zeros(a.shape, bool)
+    mask[5:25, 5:30, 4:20] = True
+    _, smap = structural_similarity(a, b, data_range=1.0, full=True)
+    assert bq.masked_ssim(a, b, mask) == pytest.approx(float(smap[mask].mean()), abs=1e-5)
+    assert bq.masked_ssim(a, a, mask) == pytest.approx(1.0, abs=1e-6)
+    assert bq.masked_ssim(a, b, mask) < 0.99

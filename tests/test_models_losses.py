@@ -35,6 +35,7 @@ def test_every_loss_finite_and_differentiable():
         "pair_content": (L.pair_content(zb, torch.zeros_like(zb)), zb),
         "pair_free": (L.pair_free(y, x), y),
         "anchor": (L.anchor(y, x), y),
+        "pair_translate": (L.pair_translate(y, x), y),
     }
     for name, (loss, leaf) in cases.items():
         assert loss.ndim == 0 and torch.isfinite(loss), name
@@ -53,7 +54,7 @@ def test_reference_weights():
     w = L.LossWeights()
     assert (w.adv_b, w.adv_s, w.cls_s_real, w.cls_s_fake) == (1, 1, 3, 10)
     assert (w.cc, w.rec, w.kl, w.kl_content, w.lat) == (10, 10, 0.01, 0.01, 8)
-    assert min(w.pair_content, w.pair_free, w.anchor) > 0
+    assert min(w.pair_content, w.pair_free, w.anchor, w.pair_translate) > 0
 
 
 def test_lr_decays_linearly_to_zero_over_second_half():
@@ -162,18 +163,20 @@ def test_second_pass_draws_a_fresh_random_code():
     assert not torch.allclose(first_random, second)
 
 
-def test_travelling_heads_add_their_losses_and_learn_the_anchor():
+@pytest.mark.parametrize("config", ["fast", "curves"])
+def test_travelling_heads_add_their_losses_and_learn_the_anchor(config):
     """With a clean target, the step reports pair_content, pair_free and anchor, and a few
     steps on one travelling head bring the scanner-free output toward the clean head."""
     torch.manual_seed(0)
-    model = Disarm(get_config("fast", n_scanners=2))
+    model = Disarm(get_config(config, n_scanners=2))
     tr = DisarmTrainer(model, total_steps=100, lr=1e-3)
     clean, _ = _volumes(4)
     xa, xb = clean * 0.7 + 0.1, clean * 1.2 - 0.1
     ca, cb = one_hot([0], 2), one_hot([1], 2)
     history = [tr.step(xa, xb, ca, cb, clean) for _ in range(15)]
-    assert {"pair_content", "pair_free", "anchor"} <= set(history[0]) <= set(LOSS_NAMES)
+    travelling = {"pair_content", "pair_free", "anchor", "pair_translate"}
+    assert travelling <= set(history[0]) <= set(LOSS_NAMES)
     anchor = [h["anchor"] for h in history]
     assert sum(anchor[-3:]) / 3 < 0.8 * sum(anchor[:2]) / 2
     plain = tr.step(xa, xb, ca, cb)
-    assert "anchor" not in plain
+    assert not travelling & set(plain)

@@ -74,7 +74,42 @@ def test_affine_generator_starts_as_identity():
     torch.testing.assert_close(y, x)
 
 
-@pytest.mark.parametrize("output", ["affine", "detail"])
+def test_curves_generator_starts_as_identity_and_maps_levels_not_edges():
+    """output="curves": a new model returns its input (within 0.02); a curve that lifts one
+    knot lifts the voxels at that level and leaves levels far from it as they were."""
+    from models.disarm import apply_curves
+
+    model = Disarm(get_config("curves", n_scanners=2)).eval()
+    x = torch.rand(1, 1, 13, 14, 15) * 3 - 1
+    with torch.no_grad():
+        zb, x_pad = model.content(x)
+        y = model.generate(zb, torch.randn(1, 8), one_hot([1], 2), x_pad, (13, 14, 15))
+    torch.testing.assert_close(y, x, atol=0.02, rtol=0)
+    levels = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0, 3.0]).view(1, 1, 6, 1, 1)
+    shifts = torch.zeros(1, 5, 6, 1, 1)
+    shifts[:, 2] = 0.4  # the knot at 0.5 of 5 knots over [-1, 2]
+    out = apply_curves(levels, shifts, -1.0, 2.0).flatten()
+    assert out[3] > 0.5 + 0.3  # at the knot: lifted (by tanh-bounded 0.4)
+    torch.testing.assert_close(out[:2], levels.flatten()[:2])  # two knots away: unchanged
+    assert out[-1] == pytest.approx(2.0)  # beyond the range: clamped to the end knot
+
+
+def test_curves_generator_draws_from_the_canvas():
+    """Two inputs with one content code but different levels get different curves: G sees the
+    input it maps."""
+    torch.manual_seed(0)
+    model = Disarm(get_config("curves", n_scanners=2)).eval()
+    torch.nn.init.normal_(model.gen.head.weight, 0, 0.05)
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        zb, x_pad = model.content(x)
+        a = model.generate(zb, torch.zeros(1, 8), one_hot([0], 2), x_pad, (16, 16, 16))
+        b = model.generate(zb, torch.zeros(1, 8), one_hot([0], 2), x_pad * 0.5, (16, 16, 16))
+    assert not torch.allclose(a, 0.5 * b * 2)
+    assert (a - x).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("output", ["affine", "detail", "curves"])
 def test_fast_output_keeps_fine_detail(output):
     """A non-trivial generator changes the image but keeps 1-voxel detail of the input."""
     torch.manual_seed(1)

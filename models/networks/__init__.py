@@ -1,7 +1,7 @@
 """The DISARM networks, one module per part, and their configuration."""
 
 from .anatomy_encoder import AnatomyEncoder
-from .config import NetworkConfig, fast_config, get_config, reference_config
+from .config import NetworkConfig, curves_config, fast_config, get_config, reference_config
 from .discriminators import ContentDiscriminator, ImageDiscriminator
 from .generator import Generator
 from .scanner_encoder import ScannerEncoder
@@ -15,5 +15,6 @@ __all__ = [
     "NetworkConfig",
     "reference_config",
     "fast_config",
+    "curves_config",
     "get_config",
 ]

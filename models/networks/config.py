@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-__all__ = ["NetworkConfig", "reference_config", "fast_config", "get_config"]
+__all__ = ["NetworkConfig", "reference_config", "fast_config", "curves_config", "get_config"]
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,13 @@ class NetworkConfig:
     ``"detail"`` = it draws the image at the networks' resolution (linear output), and the
     detail that resolution loses is added back from the input (``y = up(G) + x - up(down(x))``);
     ``"affine"`` = it draws a smooth per-voxel gain and offset, upsampled and applied to the
-    full-resolution input (``y = exp(g) * x + b``; the identity solves L_rec and L_cc).
+    full-resolution input (``y = exp(g) * x + b``; the identity solves L_rec and L_cc);
+    ``"curves"`` = it draws, at the networks' resolution, a piecewise-linear intensity curve
+    per voxel (``curve_knots`` values at fixed, evenly spaced input levels), upsampled and
+    applied to the full-resolution input: ``y = curve(x)``. A curve can give every tissue its
+    own level (it is not one gain), varies smoothly in space (it undoes a bias field), and
+    cannot move an edge or invent one. To draw the curve of *this* input G also sees the input
+    itself, pooled to the content code's grid (its local mean and spread: the canvas).
     ``upsample``: how G doubles its size: ``"resize"`` (trilinear x2, then a 3x3x3 conv: no
     checkerboard) or ``"transpose"`` (the reference's ConvTranspose3d(k=3, stride=2), whose
     kernel overlaps unevenly and prints a period-2 grid; Odena et al., Distill 2016).
@@ -47,18 +53,26 @@ class NetworkConfig:
     upsample: str = "resize"  #: "resize" (trilinear + conv) or "transpose" (reference)
     detail_gate: bool = False  #: learn a gate on the detail band (only with output="detail")
     up_norm: bool = True  #: instance norm in G's upsampling layers (ref); see below
+    curve_knots: int = 12  #: with output="curves": knots of each voxel's intensity curve
 
     def __post_init__(self) -> None:
         if self.n_scanners < 2:
             raise ValueError("DISARM needs at least two training scanners")
         if self.io_downsample not in (1, 2, 4):
             raise ValueError("io_downsample must be 1, 2 or 4")
-        if self.output not in ("image", "detail", "affine"):
-            raise ValueError("output must be 'image', 'detail' or 'affine'")
+        if self.output not in ("image", "detail", "affine", "curves"):
+            raise ValueError("output must be 'image', 'detail', 'affine' or 'curves'")
+        if self.curve_knots < 2:
+            raise ValueError("curve_knots must be at least 2")
         if self.upsample not in ("resize", "transpose"):
             raise ValueError("upsample must be 'resize' or 'transpose'")
         if self.output == "image" and self.clip_max != 1.0:
             raise ValueError("output='image' ends in tanh: clip_max must be 1.0")
+
+    @property
+    def canvas_channels(self) -> int:
+        """Channels of the input G sees besides the codes (2 with curves, else 0)."""
+        return 2 if self.output == "curves" else 0
 
     @property
     def factor(self) -> int:
@@ -102,9 +116,15 @@ def fast_config(n_scanners: int = 5) -> NetworkConfig:
     )
 
 
+def curves_config(n_scanners: int = 5) -> NetworkConfig:
+    """The fast configuration's networks drawing intensity curves applied to the input
+    (``output="curves"``): anatomy and edges come from the input, contrast from G."""
+    return replace(fast_config(n_scanners), name="curves", output="curves", detail_gate=False)
+
+
 def get_config(name: str, n_scanners: int = 5, **overrides) -> NetworkConfig:
-    """``"reference"`` or ``"fast"``, with optional field overrides."""
-    presets = {"reference": reference_config, "fast": fast_config}
+    """``"reference"``, ``"fast"`` or ``"curves"``, with optional field overrides."""
+    presets = {"reference": reference_config, "fast": fast_config, "curves": curves_config}
     if name not in presets:
         raise ValueError(f"unknown network configuration {name!r}; known: {', '.join(presets)}")
     return replace(presets[name](n_scanners), **overrides)

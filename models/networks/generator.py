@@ -35,37 +35,57 @@ def _up(cin: int, cout: int, stride: int, scheme: str, norm: bool = True) -> nn.
 class Generator(nn.Module):
     """z_b (B, Cb, d, h, w), z (B, z_dim), c (B, C) -> (B, K, 2d, 2h, 2w).
 
-    K = 1 (a tanh image, ``output="image"``; a linear one, ``output="detail"``), 2 with
-    ``detail_gate`` (image and the gate's logit) or with ``output="affine"`` (log-gain and
-    offset; the last layer starts at zero: a new model is the identity).
+        K = 1 (a tanh image, ``output="image"``; a linear one, ``output="detail"``), 2 with
+        ``detail_gate`` (image and the gate's logit) or with ``output="affine"`` (log-gain and
+        offset), ``curve_knots`` with ``output="curves"`` (each knot's shift from the identity
+        curve). For affine the last layer starts at zero (a new model is the identity), for curves
+    near zero (a new model is within a few thousandths of it).
+        With curves G also takes the canvas (B, 2, d, h, w): the input's local mean and spread on
+        z_b's grid, joined to the content code.
     """
 
     def __init__(self, cfg: NetworkConfig) -> None:
         super().__init__()
         cb, nz, nc = cfg.content_channels, cfg.z_dim, cfg.n_scanners
         self.output = cfg.output
+        self.canvas = cfg.canvas_channels
         self.share = ResBlock(cb)
-        t = cb + nz + nc
+        t = cb + self.canvas + nz + nc
         self.blocks = nn.Sequential(*[ResBlock(t) for _ in range(cfg.n_gen_blocks)])
         self.up2 = _up(t + nz, (t + nz) // 2, 2, cfg.upsample, cfg.up_norm)
         t2 = (t + nz) // 2
         self.up1 = _up(t2 + nz, (t2 + nz) // 2, 1, cfg.upsample, cfg.up_norm)
         t3 = (t2 + nz) // 2
         gate = cfg.detail_gate and cfg.output == "detail"
-        out = 2 if cfg.output == "affine" or gate else 1
+        out = {"affine": 2, "curves": cfg.curve_knots}.get(cfg.output, 2 if gate else 1)
         self.head = nn.ConvTranspose3d(t3 + nz, out, 1)
         init_weights(self)
         if cfg.output == "affine":
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        elif cfg.output == "curves":
+            # near zero, not zero: a zero head passes no gradient to the layers before it,
+            # and a readout of untrained features cannot tell one source scanner from another
+            nn.init.normal_(self.head.weight, 0.0, 1e-3)
+            nn.init.zeros_(self.head.bias)
         if gate:
             with torch.no_grad():
                 self.head.bias[1] = 3.0  # gate sigmoid(3) = 0.95: a new model keeps the detail
 
-    def forward(self, zb: torch.Tensor, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        zb: torch.Tensor,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        canvas: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         h = self.share(zb)
+        if self.canvas:
+            if canvas is None:
+                raise ValueError("this generator draws curves: it needs the input's canvas")
+            h = torch.cat([h, canvas.to(h.dtype)], 1)
         h = self.blocks(torch.cat([h, tile(c, h), tile(z, h)], 1))
         h = self.up2(torch.cat([h, tile(z, h)], 1))
         h = self.up1(torch.cat([h, tile(z, h)], 1))
         h = self.head(torch.cat([h, tile(z, h)], 1))
-        return torch.tanh(h) if self.output == "image" else h  # detail, affine: linear
+        return torch.tanh(h) if self.output == "image" else h  # detail, affine, curves: linear
