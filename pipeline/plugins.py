@@ -120,6 +120,17 @@ class SafeMultiProcPlugin(MultiProcPlugin):
         future.add_done_callback(self._async_callback)
         return taskid
 
+    def terminate_workers(self) -> None:
+        """Stop every worker now (on SIGTERM or Ctrl-C): they are children of the forkserver,
+        not of this process, and would otherwise finish their node after the run is gone."""
+        for pool in (self.pool, self._alone_pool):
+            if pool is None:
+                continue
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                if proc.is_alive():
+                    proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+
     def _postrun_check(self) -> None:
         super()._postrun_check()
         if self._alone_pool is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -95,6 +96,11 @@ def test_sidecars_carry_provenance(demo_run, demo_bids, tiny_model):
     assert preproc["ManufacturersModelName"] == raw["ManufacturersModelName"]
     assert preproc["Preprocessing"]["AlignmentNCC"] > 0.8
     assert preproc["PipelineVersions"]["antspyx"]
+    # the 3 mm demo source on the 2 mm grid: its voxel size, and a note that detail there is
+    # interpolated
+    assert preproc["Preprocessing"]["SourceVoxelSizeMM"] == pytest.approx([3.0, 3.0, 3.0])
+    note = preproc["Preprocessing"]["SourceResolutionNote"]
+    assert "coarser than the 2 mm template grid" in note
     harmonized = json.loads(
         (anat / f"sub-02_space-{SPACE}_res-2_desc-harmonized_T1w.json").read_text()
     )
@@ -174,7 +180,21 @@ def test_rerun_reuses_cache_and_is_identical(demo_run, demo_bids, tiny_model):
     assert {k: after[k] for k in computed} == computed
 
 
+def test_progress_names_each_node_and_counts_images(demo_run):
+    """Default verbosity: every node started/finished with the image it belongs to, and one
+    line per image done (n of N, elapsed)."""
+    _, proc = demo_run
+    err = proc.stderr
+    for sub in ("01", "02", "03"):
+        assert re.search(rf"\[sub-{sub}[^\]]*_T1w\] n4: started", err), err[-2000:]
+        assert re.search(rf"\[sub-{sub}[^\]]*_T1w\] disarm_harmonize: finished in", err)
+    done = re.findall(r"image (\d) of 3 done: (sub-\d\d\S*) \(elapsed \d+:\d\d\)", err)
+    assert sorted(n for n, _ in done) == ["1", "2", "3"], err[-2000:]
+    assert sorted(name[:6] for _, name in done) == ["sub-01", "sub-02", "sub-03"]
+
+
 def test_participant_selection(demo_run, demo_bids, tiny_model):
+    """One participant (quietly: -q keeps the per-image line only)."""
     root, _ = demo_run
     proc = _pipeline(
         demo_bids,
@@ -186,8 +206,10 @@ def test_participant_selection(demo_run, demo_bids, tiny_model):
         "T1w",
         "--participant-label",
         "sub-03",
+        "-q",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "image 1 of 1 done: sub-03" in proc.stderr and ": started" not in proc.stderr
     assert sorted(p.name for p in (root / "out-sel").glob("sub-*.html")) == ["sub-03.html"]
     selected = {k: v for k, v in _digests(root / "out-sel").items() if "/anat/" in k}
     full = _digests(root / "out")
@@ -255,3 +277,56 @@ def test_group_level(demo_run, demo_bids):
     ):
         assert (root / "out" / name).is_file(), name
     assert "Anderson" in proc.stdout
+
+
+def _processes_of(work: Path) -> list[int]:
+    """PIDs whose environment names this run's Nipype config folder (the run, its forkserver
+    and its workers)."""
+    tag = f"NIPYPE_CONFIG_DIR={work / 'nipype-config'}".encode()
+    pids = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if tag in env.read_bytes().split(b"\0"):
+                pids.append(int(env.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_killed_run_leaves_no_half_output_and_resumes(demo_run, demo_bids, tiny_model, tmp_path):
+    """SIGTERM mid-run: exit 143 within seconds, no worker left running, nothing half-written
+    under a final name; the rerun finishes with outputs identical to an uninterrupted run."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from conftest import REPO
+
+    root, _ = demo_run
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = [
+        demo_bids, out, "participant", "-w", work, "--output-resolution", "2", "--nprocs", "2",
+        "--omp-nthreads", "1", "--model", tiny_model, "--output-spaces", "template", "T1w",
+    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "pipeline.cli.run", *map(str, args)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(work.rglob("result_n4.pklz")) and time.monotonic() < deadline:
+        time.sleep(0.5)  # until a first image is bias-corrected: the run is mid-way
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    time.sleep(2)
+    assert _processes_of(work) == []  # no orphan worker finishing its node
+    full = _digests(root / "out")
+    partial = {k: v for k, v in _digests(out).items() if k != "dataset_description.json"}
+    assert all(full.get(k) == v for k, v in partial.items()), "a half or stray file"
+    rerun = _pipeline(demo_bids, out, work, tiny_model, "--output-spaces", "template", "T1w", "-q")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert {k: v for k, v in _digests(out).items() if "/anat/" in k} == {
+        k: v for k, v in full.items() if "/anat/" in k
+    }

@@ -37,8 +37,45 @@ def _with_ncc(metadata: dict, alignment_ncc: float) -> dict:
     return metadata
 
 
-def preproc_metadata(t1w: T1wInput, backend: str, space: str, template_source: str) -> dict:
-    """Sidecar of the preprocessed T1w: sources, scanner fields of the raw, steps, versions."""
+def source_voxel_size(t1w: T1wInput) -> list[float]:
+    """The raw T1w's voxel size in mm (header only)."""
+    import nibabel as nb
+
+    zooms = nb.load(str(t1w.path)).header.get_zooms()[:3]
+    return [round(float(z), 4) for z in zooms]
+
+
+def coarse_source_note(voxel: list[float], resolution: float) -> str | None:
+    """A note when the source is coarser than the template grid along some axis: the image on
+    the template grid then holds interpolated, not measured, detail along it."""
+    axes = [f"{'ijk'[i]} {v:g} mm" for i, v in enumerate(voxel) if v > 1.25 * resolution]
+    if not axes:
+        return None
+    return (
+        f"The source is coarser than the {resolution:g} mm template grid along "
+        f"{', '.join(axes)}: detail along that axis on this grid is interpolated, not measured "
+        "(thick slices also leave partial-volume blur that no step here removes)."
+    )
+
+
+def fine_source_note(voxel: list[float], resolution: float) -> str | None:
+    """A note for native-space outputs of a source finer than the template grid."""
+    if min(voxel) >= 0.8 * resolution:
+        return None
+    return (
+        f"The harmonized image was computed on the {resolution:g} mm template grid and "
+        f"resampled to this {min(voxel):g} mm grid: detail finer than {resolution:g} mm is "
+        "interpolated (the image went through two resamplings), not the source's own."
+    )
+
+
+def preproc_metadata(
+    t1w: T1wInput, backend: str, space: str, template_source: str, resolution: float = 1.0
+) -> dict:
+    """Sidecar of the preprocessed T1w: sources, scanner fields of the raw, steps, versions,
+    the source's voxel size (and a note when it is coarser than the template grid)."""
+    voxel = source_voxel_size(t1w)
+    note = coarse_source_note(voxel, resolution)
     return {
         "Description": "Bias-corrected whole head, affinely registered to the template grid",
         "Sources": [f"bids:raw:{t1w.relpath}"],
@@ -49,6 +86,8 @@ def preproc_metadata(t1w: T1wInput, backend: str, space: str, template_source: s
             "Steps": PREPROC_STEPS[backend],
             "Template": space,
             "TemplateSource": template_source,
+            "SourceVoxelSizeMM": voxel,
+            **({"SourceResolutionNote": note} if note else {}),
         },
         "PipelineVersions": software_versions(backend),
     }
@@ -109,7 +148,9 @@ def init_ds_preproc_wf(
         ),
         name="add_ncc",
     )
-    add_ncc.inputs.metadata = preproc_metadata(t1w, backend, space, template_source)
+    add_ncc.inputs.metadata = preproc_metadata(
+        t1w, backend, space, template_source, float(resolution)
+    )
     ds_preproc = pe.Node(
         DerivativesDataSink(space=space, desc="preproc", suffix="T1w", **base),
         name="ds_t1w_preproc",
@@ -285,6 +326,9 @@ def init_ds_harmonized_wf(
             name="ds_harmonized_native",
             run_without_submitting=True,
         )
+        note = fine_source_note(source_voxel_size(t1w), float(resolution))
+        if note:
+            ds_native.inputs.extra_metadata = {"ResolutionNote": note}
         # fmt: off
         workflow.connect([
             (metadata, ds_native, [("metadata", "metadata")]),

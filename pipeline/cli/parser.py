@@ -75,8 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
         "analysis_level", help="participant (per-image processing) or group (statistics)"
     )
     parser.add_argument("--version", action="version", version=f"disarm-pipeline {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", dest="verbosity", action="count", default=0, help="more log output"
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="count",
+        default=0,
+        help="more log output (-v: Nipype's own node log too; -vv: debug)",
+    )
+    talk.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only a line per image done, and errors (default: every node started/finished)",
     )
 
     sel = parser.add_argument_group("Selecting the inputs")

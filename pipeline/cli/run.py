@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +16,8 @@ from pipeline.config import Config
 from pipeline.exitcodes import ExitCode, UserError
 
 LOGGER = logging.getLogger("disarm")
+#: plugins that call a status callback from the scheduling process (not graph submitters)
+PROGRESS_PLUGINS = ("MultiProc", "LegacyMultiProc", "Linear", "SLURM", "SGE", "PBS", "LSF")
 
 
 def _inside(path: Path, parent: Path) -> bool:
@@ -112,12 +115,14 @@ def build_config(argv: list[str] | None = None) -> Config:
         clean_workdir=opts.clean_workdir,
         reports=opts.reports,
         scanner_field=opts.scanner_field,
-        verbosity=opts.verbosity,
+        verbosity=-1 if opts.quiet else opts.verbosity,
     )
 
 
-def _plugin_settings(config: Config) -> tuple[str | object, dict]:
+def _plugin_settings(config: Config, status_callback=None) -> tuple[str | object, dict]:
     args = dict(config.plugin_args)
+    if status_callback is not None and config.plugin in PROGRESS_PLUGINS:
+        args["status_callback"] = status_callback
     if config.plugin in ("MultiProc", "LegacyMultiProc"):
         args.setdefault("n_procs", config.nprocs)
         if config.mem_gb:
@@ -151,7 +156,7 @@ def _configure_nipype(config: Config) -> None:
             "monitoring": {"enabled": False},
         }
     )
-    level = "INFO" if config.verbosity else "WARNING"
+    level = "INFO" if config.verbosity > 0 else "WARNING"
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         nlogging.getLogger(name).setLevel(level)
     # MultiProc workers start from a forkserver and read Nipype's configuration afresh:
@@ -190,6 +195,7 @@ def check_model(config: Config) -> None:
 
 def run_participant(config: Config) -> int:
     from pipeline.bids import check_t1w_image, collect_t1w, load_layout, write_dataset_description
+    from pipeline.progress import ProgressReporter, node_counts
     from workflows.base import init_disarm_wf
 
     layout = load_layout(config.bids_dir)
@@ -209,7 +215,10 @@ def run_participant(config: Config) -> int:
     write_dataset_description(config.output_dir, config.bids_dir)
     _configure_nipype(config)
     workflow = init_disarm_wf(config, inputs)
-    plugin, plugin_args = _plugin_settings(config)
+    progress = ProgressReporter(
+        {t1w.ident: t1w.path.name.split(".nii")[0] for t1w in inputs}, node_counts(workflow)
+    )
+    plugin, plugin_args = _plugin_settings(config, progress)
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError:
@@ -222,6 +231,12 @@ def run_participant(config: Config) -> int:
             file=sys.stderr,
         )
         return int(ExitCode.FAILURE)
+    except BaseException:
+        # SIGTERM (scancel, a job's time limit) or Ctrl-C: stop the workers too; outputs are
+        # written atomically, so nothing half-written stays under a final name
+        if hasattr(plugin, "terminate_workers"):
+            plugin.terminate_workers()
+        raise
     if config.reports:
         from pipeline.reports import generate_participant_report
 
@@ -256,11 +271,35 @@ def run_group(config: Config) -> int:
     return int(ExitCode.SUCCESS)
 
 
+def _configure_progress_log(verbosity: int) -> None:
+    """Progress lines on stderr with a time stamp: every node at INFO (default), images done
+    only with ``-q`` (verbosity -1)."""
+    from pipeline.progress import IMAGE_DONE, LOGGER_NAME
+
+    log = logging.getLogger(LOGGER_NAME)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%y%m%d-%H:%M:%S"))
+        log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(IMAGE_DONE if verbosity < 0 else logging.INFO)
+
+
+class Terminated(Exception):
+    """SIGTERM received."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(name)s: %(message)s", level=logging.WARNING)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         config = build_config(argv)
-        if config.verbosity:
+        _configure_progress_log(config.verbosity)
+        if config.verbosity > 1:
             logging.getLogger("disarm").setLevel(logging.DEBUG)
         if config.analysis_level == "group":
             return run_group(config)
@@ -271,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("disarm-pipeline: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("disarm-pipeline: terminated (SIGTERM); rerun to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

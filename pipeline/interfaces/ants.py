@@ -159,13 +159,20 @@ def _crop_neck(img: nb.Nifti1Image) -> tuple[nb.Nifti1Image, tuple[slice, slice,
     return img.slicer[keep], keep
 
 
+#: Brain extraction runs on isotropic voxels of this size or coarser (see extract_brain).
+EXTRACTION_SPACING_MM = 1.0
+
+
 def extract_brain(
     in_file: Path | str, out_file: Path | str, mask_file: Path | str, iterations: int = 1000
 ) -> tuple[Path, Path]:
     """Brain extraction with ``brainextractor`` (FSL BET's surface model in Python).
 
-    The neck is cropped first (see ``_crop_neck``). BET's model is isotropic; an anisotropic
-    head is resampled to isotropic voxels for the surface fit and the mask brought back.
+    The neck is cropped first (see ``_crop_neck``). BET's model is isotropic: an anisotropic
+    head is resampled to isotropic voxels for the surface fit and the mask brought back. The
+    fit runs at ``EXTRACTION_SPACING_MM`` or coarser: a 0.45x0.45x6 mm clinical head at its
+    finest spacing would be ~13x the voxels of the 1 mm grid through a pure-Python fit, for a
+    mask that only drives the affine registration (itself on a 2 mm grid).
     """
     from brainextractor import BrainExtractor
     from nibabel.processing import resample_from_to, resample_to_output
@@ -174,8 +181,9 @@ def extract_brain(
     cropped, keep = _crop_neck(img)
     zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
     work = cropped
-    if not np.allclose(zooms, zooms[0], rtol=1e-3):
-        work = resample_to_output(cropped, voxel_sizes=[float(zooms.min())] * 3, order=1)
+    spacing = max(float(zooms.min()), EXTRACTION_SPACING_MM)
+    if not np.allclose(zooms, spacing, rtol=1e-3):
+        work = resample_to_output(cropped, voxel_sizes=[spacing] * 3, order=1)
     # brainextractor prints every iteration; keep Nipype's logs readable
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         bet = BrainExtractor(nb.Nifti1Image(work.get_fdata(dtype=np.float32), work.affine))

@@ -61,6 +61,7 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     mode = traits.Str(desc="mode entity (transforms)")
     metadata = traits.Dict(desc="JSON sidecar content; no sidecar when undefined")
     spatial_reference = traits.Str(desc="SpatialReference of a non-template space (e.g. T1w)")
+    extra_metadata = traits.Dict(desc="fixed sidecar entries, merged over ``metadata``")
 
 
 class _DerivativesDataSinkOutputSpec(TraitedSpec):
@@ -102,6 +103,8 @@ class DerivativesDataSink(SimpleInterface):
             metadata = dict(self.inputs.metadata)
             if isdefined(self.inputs.spatial_reference):
                 metadata["SpatialReference"] = self.inputs.spatial_reference
+            if isdefined(self.inputs.extra_metadata):
+                metadata.update(self.inputs.extra_metadata)
             if "res" in derived:  # BIDS requires the meaning of the res entity
                 metadata.setdefault(
                     "Resolution", {derived["res"]: f"{derived['res']} mm isotropic template grid"}
