@@ -18,8 +18,8 @@ content code was used: ``y = up(G(z_b, z, c)) + x - up(down(x))``. With ``"curve
 a piecewise-linear intensity curve per voxel of its grid (``curve_knots`` values at evenly
 spaced input levels over the normalized range [-1, clip_max], as bounded shifts from the
 identity), trilinearly upsampled and applied to that full-resolution image: ``y = curve(x)``.
-G sees the image's local mean and spread on z_b's grid (the canvas), so it can draw the curve
-that maps *this* image's tissue levels.
+G sees the image's local mean and spread on z_b's grid (the canvas) and the quantiles of its
+head's intensities, so it can draw the curve that maps *this* image's tissue levels.
 """
 
 from __future__ import annotations
@@ -114,8 +114,10 @@ class Disarm(nn.Module):
         size: tuple[int, int, int],
     ) -> torch.Tensor:
         """G(z_b, z, c) at the input size; ``x_pad`` = the padded image z_b was encoded from."""
-        canvas = self.canvas(x_pad) if self.cfg.canvas_channels else None
-        out = self.gen(zb, z, c, canvas)
+        canvas = quantiles = None
+        if self.cfg.canvas_channels:
+            canvas, quantiles = self.canvas(x_pad), self.source_quantiles(x_pad)
+        out = self.gen(zb, z, c, canvas, quantiles)
         k = self.cfg.io_downsample
         if k > 1:
             out = F.interpolate(out, scale_factor=k, mode="trilinear", align_corners=False)
@@ -138,6 +140,18 @@ class Disarm(nn.Module):
         mean = F.avg_pool3d(x, f)
         var = (F.avg_pool3d(x * x, f) - mean * mean).clamp_min(0.0)
         return torch.cat([mean, (var + 1e-6).sqrt()], 1)  # + eps: sqrt'(0) is infinite
+
+    def source_quantiles(self, x_pad: torch.Tensor) -> torch.Tensor:
+        """Evenly spaced quantiles (B, Q) of each input's head voxels (above the background
+        level -1 of normalized images; all voxels when too few are): where its tissues lie on
+        the intensity axis, which the curves must map."""
+        n = self.cfg.source_quantiles
+        levels = (torch.arange(n, device=x_pad.device, dtype=torch.float32) + 0.5) / n
+        rows = []
+        for x in x_pad.detach().float().flatten(1):
+            head = x[x > -0.95]
+            rows.append(torch.quantile(head if head.numel() >= 64 else x, levels))
+        return torch.stack(rows)
 
     def detail(self, x_pad: torch.Tensor) -> torch.Tensor:
         """What the networks' resolution loses: ``x - up(down(x))`` (zero when k = 1)."""

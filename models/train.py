@@ -191,7 +191,7 @@ def _card(
             "grid": grid,
             "data": data_summary or {},
         },
-        "loss_weights": LossWeights(**opts.loss_weights).to_dict(),
+        "loss_weights": LossWeights.for_config(opts.config, **opts.loss_weights).to_dict(),
         "versions": versions(),
     }
 
@@ -224,7 +224,7 @@ def train(
         model,
         opts.steps,
         lr=opts.lr,
-        weights=LossWeights(**opts.loss_weights),
+        weights=LossWeights.for_config(opts.config, **opts.loss_weights),
         content_d_every=opts.content_d_every,
         amp=opts.amp,
     )

@@ -163,17 +163,20 @@ def test_second_pass_draws_a_fresh_random_code():
     assert not torch.allclose(first_random, second)
 
 
-@pytest.mark.parametrize("config", ["fast", "curves"])
-def test_travelling_heads_add_their_losses_and_learn_the_anchor(config):
-    """With a clean target, the step reports pair_content, pair_free and anchor, and a few
-    steps on one travelling head bring the scanner-free output toward the clean head."""
+def test_travelling_heads_add_their_losses_and_learn_the_anchor():
+    """With a clean target, the step reports the four travelling-head losses, and steps on one
+    head seen by two scanners of different tissue contrast (the curves configuration, its own
+    loss weights) bring the scanner-free output toward the clean head."""
     torch.manual_seed(0)
-    model = Disarm(get_config(config, n_scanners=2))
-    tr = DisarmTrainer(model, total_steps=100, lr=1e-3)
+    model = Disarm(get_config("curves", n_scanners=2))
+    tr = DisarmTrainer(
+        model, total_steps=1000, lr=3e-4, weights=L.LossWeights.for_config("curves")
+    )
     clean, _ = _volumes(4)
-    xa, xb = clean * 0.7 + 0.1, clean * 1.2 - 0.1
+    xa = torch.where(clean > 0.3, clean * 1.3 - 0.2, clean * 0.6)  # two contrasts, not gains
+    xb = torch.where(clean > 0.3, clean * 0.7 + 0.2, clean * 1.2)
     ca, cb = one_hot([0], 2), one_hot([1], 2)
-    history = [tr.step(xa, xb, ca, cb, clean) for _ in range(15)]
+    history = [tr.step(xa, xb, ca, cb, clean) for _ in range(40)]
     travelling = {"pair_content", "pair_free", "anchor", "pair_translate"}
     assert travelling <= set(history[0]) <= set(LOSS_NAMES)
     anchor = [h["anchor"] for h in history]

@@ -23,7 +23,8 @@ class NetworkConfig:
     applied to the full-resolution input: ``y = curve(x)``. A curve can give every tissue its
     own level (it is not one gain), varies smoothly in space (it undoes a bias field), and
     cannot move an edge or invent one. To draw the curve of *this* input G also sees the input
-    itself, pooled to the content code's grid (its local mean and spread: the canvas).
+    itself: pooled to the content code's grid (its local mean and spread: the canvas), and
+    the ``curve_quantiles`` quantiles of its head's intensities (where its tissues lie).
     ``upsample``: how G doubles its size: ``"resize"`` (trilinear x2, then a 3x3x3 conv: no
     checkerboard) or ``"transpose"`` (the reference's ConvTranspose3d(k=3, stride=2), whose
     kernel overlaps unevenly and prints a period-2 grid; Odena et al., Distill 2016).
@@ -54,6 +55,7 @@ class NetworkConfig:
     detail_gate: bool = False  #: learn a gate on the detail band (only with output="detail")
     up_norm: bool = True  #: instance norm in G's upsampling layers (ref); see below
     curve_knots: int = 12  #: with output="curves": knots of each voxel's intensity curve
+    curve_quantiles: int = 16  #: with output="curves": G sees this many input quantiles
 
     def __post_init__(self) -> None:
         if self.n_scanners < 2:
@@ -73,6 +75,12 @@ class NetworkConfig:
     def canvas_channels(self) -> int:
         """Channels of the input G sees besides the codes (2 with curves, else 0)."""
         return 2 if self.output == "curves" else 0
+
+    @property
+    def source_quantiles(self) -> int:
+        """Quantiles of the input's head intensities G sees (``curve_quantiles`` with curves,
+        else 0)."""
+        return self.curve_quantiles if self.output == "curves" else 0
 
     @property
     def factor(self) -> int:

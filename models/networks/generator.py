@@ -49,8 +49,9 @@ class Generator(nn.Module):
         cb, nz, nc = cfg.content_channels, cfg.z_dim, cfg.n_scanners
         self.output = cfg.output
         self.canvas = cfg.canvas_channels
+        self.n_quantiles = cfg.source_quantiles
         self.share = ResBlock(cb)
-        t = cb + self.canvas + nz + nc
+        t = cb + self.canvas + nz + nc + self.n_quantiles
         self.blocks = nn.Sequential(*[ResBlock(t) for _ in range(cfg.n_gen_blocks)])
         self.up2 = _up(t + nz, (t + nz) // 2, 2, cfg.upsample, cfg.up_norm)
         t2 = (t + nz) // 2
@@ -78,12 +79,13 @@ class Generator(nn.Module):
         z: torch.Tensor,
         c: torch.Tensor,
         canvas: torch.Tensor | None = None,
+        quantiles: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.share(zb)
         if self.canvas:
-            if canvas is None:
+            if canvas is None or quantiles is None:
                 raise ValueError("this generator draws curves: it needs the input's canvas")
-            h = torch.cat([h, canvas.to(h.dtype)], 1)
+            h = torch.cat([h, canvas.to(h.dtype), tile(quantiles, h)], 1)
         h = self.blocks(torch.cat([h, tile(c, h), tile(z, h)], 1))
         h = self.up2(torch.cat([h, tile(z, h)], 1))
         h = self.up1(torch.cat([h, tile(z, h)], 1))

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="D_b alone on N-1 of every N batches (reference: 2); 1 = D_b on every batch",
     )
+    g.add_argument(
+        "--loss-weight",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one loss weight (repeatable), e.g. anchor=20; names as in the card",
+    )
     g.add_argument("--amp", action="store_true", help="bf16 autocast")
     g = p.add_argument_group("execution")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -153,6 +160,28 @@ def _ages(args) -> dict[str, float]:
         raise UserError(
             f"{path}: column {args.age_column!r}: {exc}", ExitCode.INVALID_BIDS
         ) from None
+
+
+def _loss_weights(items: list[str]) -> dict[str, float]:
+    """``--loss-weight NAME=VALUE`` items -> overrides of :class:`models.losses.LossWeights`."""
+    from dataclasses import fields
+
+    from models.losses import LossWeights
+
+    known = {f.name for f in fields(LossWeights)}
+    out: dict[str, float] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in known:
+            raise UserError(
+                f"--loss-weight: unknown loss {name!r}; known: {', '.join(sorted(known))}",
+                ExitCode.USAGE,
+            )
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise UserError(f"--loss-weight {item}: not NAME=NUMBER", ExitCode.USAGE) from None
+    return out
 
 
 def _space(path: Path) -> str | None:
@@ -372,6 +401,7 @@ def run(args: argparse.Namespace) -> Path:
         age_window=args.age_window,
         progress=not args.no_progress,
         name=args.name,
+        loss_weights=_loss_weights(args.loss_weight),
     )
     try:
         args.out.mkdir(parents=True, exist_ok=True)
