@@ -164,3 +164,54 @@ def test_fsl_real_run(tmp_path):
 
 def _pack(**kwargs):
     return kwargs
+
+
+def _fsl_coords(img: nb.Nifti1Image) -> np.ndarray:
+    """FSL's scaled-voxel coordinates of ``img``'s voxels (4x4): x flipped when the voxel
+    axes are right-handed in world space (the FSL convention, written out independently of
+    nitransforms)."""
+    zooms = np.array(img.header.get_zooms()[:3], dtype=float)
+    m = np.diag([*zooms, 1.0])
+    if np.linalg.det(img.affine[:3, :3]) > 0:
+        m[0, 0] = -zooms[0]
+        m[0, 3] = (img.shape[0] - 1) * zooms[0]
+    return m
+
+
+def test_flirt_matrix_is_re_expressed_for_the_raw_image(tmp_path):
+    """A FLIRT matrix of the reoriented copy, re-expressed by MatFromRaw, maps each raw voxel
+    (in the raw image's FSL coordinates) where the original maps the same point of the
+    reoriented copy; and it differs from the original when the reorientation flipped axes."""
+    from nitransforms import linear
+
+    from pipeline.interfaces.ants import reorient_to_std
+    from pipeline.interfaces.fsl import MatFromRaw
+
+    rng = np.random.default_rng(0)
+    affine = np.array([[0, 0, -1.2, 80], [-1.0, 0, 0, 100], [0, 1.1, 0, -60], [0, 0, 0, 1]])
+    raw = tmp_path / "raw.nii.gz"
+    nb.Nifti1Image(rng.random((20, 24, 18)).astype(np.float32), affine).to_filename(raw)
+    reoriented = reorient_to_std(raw, tmp_path / "reoriented.nii.gz")
+    ref = tmp_path / "ref.nii.gz"
+    nb.Nifti1Image(np.zeros((30, 32, 28), np.float32), np.diag([-2.0, 2, 2, 1])).to_filename(ref)
+    # a world (RAS) transform, written as FLIRT would for the reoriented copy
+    theta = 0.2
+    ras = np.array([[np.cos(theta), -np.sin(theta), 0, 4], [np.sin(theta), np.cos(theta), 0, -3],
+                    [0, 0, 1.05, 2], [0, 0, 0, 1]])  # fmt: skip
+    flirt_mat = tmp_path / "flirt.mat"
+    linear.Affine(ras, reference=str(ref)).to_filename(
+        flirt_mat, fmt="fsl", moving=str(reoriented)
+    )
+    res = MatFromRaw(
+        in_matrix=str(flirt_mat), reoriented=str(reoriented), raw=str(raw), reference=str(ref)
+    ).run(cwd=str(tmp_path))
+    out = np.loadtxt(res.outputs.out_file)
+    orig = np.loadtxt(flirt_mat)
+    assert not np.allclose(out, orig, atol=1e-3)
+    raw_img, reo_img = nb.load(raw), nb.load(reoriented)
+    vox = np.c_[rng.integers(0, 18, (10, 3)), np.ones(10)].T  # raw voxels
+    world = raw_img.affine @ vox
+    vox_reo = np.linalg.inv(reo_img.affine) @ world
+    via_raw = out @ _fsl_coords(raw_img) @ vox
+    via_reo = orig @ _fsl_coords(reo_img) @ vox_reo
+    np.testing.assert_allclose(via_raw, via_reo, atol=1e-4)

@@ -122,7 +122,7 @@ def init_single_t1w_wf(config: Config, t1w: T1wInput, template) -> pe.Workflow:
         # fmt: off
         workflow.connect([
             (harmonize_wf, to_native_wf, [("outputnode.out_file", "inputnode.in_file")]),
-            (preproc_wf, to_native_wf, [("outputnode.xfm", "inputnode.xfm"),
+            (preproc_wf, to_native_wf, [("outputnode.xfm_reoriented", "inputnode.xfm"),
                                         ("outputnode.t1w_reoriented", "inputnode.reference")]),
             (to_native_wf, ds_harmonized_wf, [
                 ("outputnode.out_file", "inputnode.harmonized_native"),

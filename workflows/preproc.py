@@ -11,6 +11,7 @@ from pipeline.templates import Template
 OUTPUT_FIELDS = [
     "t1w_preproc",
     "xfm",
+    "xfm_reoriented",
     "bias_field",
     "t1w_reoriented",
     "alignment_ncc",
@@ -51,10 +52,13 @@ def init_preproc_wf(
     t1w_preproc
         Bias-corrected whole head, resampled (trilinear) on the template grid.
     xfm
-        Affine from the reoriented (= raw, same world space) T1w to the template: FLIRT
-        ``.mat`` for fsl; ITK affine text ``.txt`` for ants (LPS, maps template points to T1w
-        points, usable with ``antsApplyTransforms`` and
+        Affine from the raw T1w to the template: FLIRT ``.mat`` for fsl (in the raw image's
+        FSL coordinates, :class:`pipeline.interfaces.fsl.MatFromRaw`); ITK affine text
+        ``.txt`` for ants (LPS world coordinates, the same for the raw and the reoriented
+        image; maps template points to T1w points, usable with ``antsApplyTransforms`` and
         :class:`pipeline.interfaces.ants.ApplyInverseAffine`).
+    xfm_reoriented
+        The same affine for ``t1w_reoriented`` (FLIRT's own matrix for fsl; ``xfm`` for ants).
     bias_field
         Multiplicative bias field on the reoriented T1w grid.
     t1w_reoriented
@@ -64,7 +68,7 @@ def init_preproc_wf(
     template_space
         BIDS space label of ``template`` (e.g. ``MNI152NLin6Asym``).
     """
-    from pipeline.interfaces.ants import AlignmentQuality
+    from pipeline.interfaces.qc import AlignmentQuality
 
     if backend not in ("fsl", "ants"):
         raise ValueError(f"backend must be 'fsl' or 'ants' (resolve 'auto' first): {backend!r}")
@@ -93,7 +97,7 @@ def _first(in_list):
 def _connect_fsl(workflow, inputnode, outputnode, quality, template: Template) -> None:
     from nipype.interfaces import fsl
 
-    from pipeline.interfaces.fsl import FAST, FAST_REFERENCE, FLIRT_REFERENCE
+    from pipeline.interfaces.fsl import FAST, FAST_REFERENCE, FLIRT_REFERENCE, MatFromRaw
 
     if template.head is None:
         raise ValueError("the fsl backend registers to a whole-head template (FSL's MNI152)")
@@ -114,6 +118,8 @@ def _connect_fsl(workflow, inputnode, outputnode, quality, template: Template) -
         name="flirt",
         mem_gb=2,
     )
+    # FLIRT's matrix is in the reoriented copy's FSL coordinates: re-express it for the raw T1w
+    mat_from_raw = pe.Node(MatFromRaw(reference=str(template.head)), name="mat_from_raw")
     # fmt: off
     workflow.connect([
         (inputnode, reorient, [("in_file", "in_file")]),
@@ -122,8 +128,12 @@ def _connect_fsl(workflow, inputnode, outputnode, quality, template: Template) -
         (flirt, quality, [("out_file", "in_file")]),
         (reorient, outputnode, [("out_file", "t1w_reoriented")]),
         (fast, outputnode, [(("bias_field", _first), "bias_field")]),
+        (inputnode, mat_from_raw, [("in_file", "raw")]),
+        (reorient, mat_from_raw, [("out_file", "reoriented")]),
+        (flirt, mat_from_raw, [("out_matrix_file", "in_matrix")]),
         (flirt, outputnode, [("out_file", "t1w_preproc"),
-                             ("out_matrix_file", "xfm")]),
+                             ("out_matrix_file", "xfm_reoriented")]),
+        (mat_from_raw, outputnode, [("out_file", "xfm")]),
     ])
     # fmt: on
 
@@ -164,6 +174,7 @@ def _connect_ants(
         (reorient, outputnode, [("out_file", "t1w_reoriented")]),
         (n4, outputnode, [("bias_field", "bias_field")]),
         (affine, outputnode, [("out_file", "t1w_preproc"),
-                              ("out_xfm", "xfm")]),
+                              ("out_xfm", "xfm"),
+                              ("out_xfm", "xfm_reoriented")]),
     ])
     # fmt: on

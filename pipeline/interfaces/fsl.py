@@ -7,8 +7,16 @@ but we keep the reference's text so that a command line can be compared with it 
 
 from __future__ import annotations
 
+import os
+
 from nipype.interfaces import fsl
-from nipype.interfaces.base import traits
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
 from nipype.interfaces.fsl.preprocess import FASTInputSpec
 
 
@@ -60,4 +68,44 @@ FLIRT_REFERENCE = {
     "interp": "trilinear",
 }
 
-__all__ = ["FAST", "FAST_REFERENCE", "FLIRT_REFERENCE"]
+class _MatFromRawInputSpec(BaseInterfaceInputSpec):
+    in_matrix = File(exists=True, mandatory=True, desc="FLIRT matrix, reoriented -> reference")
+    reoriented = File(exists=True, mandatory=True, desc="the image FLIRT registered (-in)")
+    raw = File(exists=True, mandatory=True, desc="the raw T1w, before fslreorient2std")
+    reference = File(exists=True, mandatory=True, desc="FLIRT's reference (-ref)")
+
+
+class _MatFromRawOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="FLIRT matrix, raw T1w -> reference")
+
+
+class MatFromRaw(SimpleInterface):
+    """Re-express a FLIRT matrix so that it maps the *raw* T1w, not its reoriented copy.
+
+    A FLIRT ``.mat`` works in FSL's scaled-voxel coordinates of its input image, and FLIRT's
+    input was the ``fslreorient2std`` copy, which is never saved: the matrix applied to the
+    raw image would be wrong whenever the reorientation permuted or flipped axes. The world
+    (scanner RAS) transform is the same for both images (fslreorient2std keeps the world
+    space), so the matrix is read with the reoriented image as moving and written with the raw
+    one (nitransforms' FSL conversion).
+    """
+
+    input_spec = _MatFromRawInputSpec
+    output_spec = _MatFromRawOutputSpec
+
+    def _run_interface(self, runtime):
+        from nitransforms import linear
+
+        xfm = linear.load(
+            self.inputs.in_matrix,
+            fmt="fsl",
+            reference=self.inputs.reference,
+            moving=self.inputs.reoriented,
+        )
+        out = os.path.join(runtime.cwd, "from-T1w_to-template_mode-image_xfm.mat")
+        xfm.to_filename(out, fmt="fsl", moving=self.inputs.raw)
+        self._results["out_file"] = out
+        return runtime
+
+
+__all__ = ["FAST", "FAST_REFERENCE", "FLIRT_REFERENCE", "MatFromRaw"]
