@@ -68,6 +68,7 @@ FLIRT_REFERENCE = {
     "interp": "trilinear",
 }
 
+
 class _MatFromRawInputSpec(BaseInterfaceInputSpec):
     in_matrix = File(exists=True, mandatory=True, desc="FLIRT matrix, reoriented -> reference")
     reoriented = File(exists=True, mandatory=True, desc="the image FLIRT registered (-in)")
