@@ -183,3 +183,37 @@ def test_travelling_heads_add_their_losses_and_learn_the_anchor():
     assert sum(anchor[-3:]) / 3 < 0.8 * sum(anchor[:2]) / 2
     plain = tr.step(xa, xb, ca, cb)
     assert not travelling & set(plain)
+
+
+def test_trained_scanner_codes_separate_the_scanners():
+    """After a short training on travelling heads (curves configuration), the mean codes of
+    two scanners lie further apart than the codes of one scanner's images from each other."""
+    torch.manual_seed(0)
+    model = Disarm(get_config("curves", n_scanners=2))
+    tr = DisarmTrainer(
+        model, total_steps=1000, lr=1e-3, weights=L.LossWeights.for_config("curves")
+    )
+
+    def pair(seed: int):
+        clean, _ = _volumes(seed)
+        noise = torch.Generator().manual_seed(1000 + seed)
+        xa = torch.where(clean > 0, clean * 1.3 - 0.2, clean * 0.6)
+        xb = torch.where(clean > 0, clean * 0.7 + 0.2, clean * 1.2)
+        xa = xa + 0.02 * torch.randn(xa.shape, generator=noise)
+        xb = xb + 0.02 * torch.randn(xb.shape, generator=noise)
+        return xa, xb, clean
+
+    ca, cb = one_hot([0], 2), one_hot([1], 2)
+    for i in range(60):
+        tr.step(*pair(i % 8)[:2], ca, cb, pair(i % 8)[2])
+    model.eval()
+    with torch.no_grad():
+        codes = [
+            (model.scanner(xa, ca)[0], model.scanner(xb, cb)[0])
+            for xa, xb, _ in (pair(s) for s in range(100, 108))
+        ]
+    a = torch.cat([c[0] for c in codes])
+    b = torch.cat([c[1] for c in codes])
+    between = (a.mean(0) - b.mean(0)).norm()
+    within = 0.5 * ((a - a.mean(0)).norm(dim=1).mean() + (b - b.mean(0)).norm(dim=1).mean())
+    assert between > 5 * within
