@@ -35,13 +35,13 @@ def _up(cin: int, cout: int, stride: int, scheme: str, norm: bool = True) -> nn.
 class Generator(nn.Module):
     """z_b (B, Cb, d, h, w), z (B, z_dim), c (B, C) -> (B, K, 2d, 2h, 2w).
 
-        K = 1 (a tanh image, ``output="image"``; a linear one, ``output="detail"``), 2 with
-        ``detail_gate`` (image and the gate's logit) or with ``output="affine"`` (log-gain and
-        offset), ``curve_knots`` with ``output="curves"`` (each knot's shift from the identity
-        curve). For affine the last layer starts at zero (a new model is the identity), for curves
-    near zero (a new model is within a few thousandths of it).
-        With curves G also takes the canvas (B, 2, d, h, w): the input's local mean and spread on
-        z_b's grid, joined to the content code.
+    K = 1 (a tanh image, ``output="image"``; a linear one, ``output="detail"``), 2 with
+    ``detail_gate`` (image and the gate's logit) or with ``output="affine"`` (log-gain and
+    offset), ``curve_knots`` with ``output="curves"`` (each knot's shift from the identity
+    curve). For affine the last layer starts at zero (a new model is the identity), for curves
+    near zero (a new model is within a few thousandths of it). With curves G also takes the
+    canvas (B, 2, d, h, w), the input's local mean and spread on z_b's grid, and the quantiles
+    of its head's intensities (B, Q), joined to the content code.
     """
 
     def __init__(self, cfg: NetworkConfig) -> None:
