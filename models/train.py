@@ -162,7 +162,19 @@ def grid_summary(images: list[TrainImage]) -> dict:
 
 
 def _card(
-    opts, cfg, scanners, codes, images, grid, step, world, dev, data_summary, *, paired: bool
+    opts,
+    cfg,
+    scanners,
+    codes,
+    images,
+    grid,
+    step,
+    world,
+    dev,
+    data_summary,
+    *,
+    paired: bool,
+    weights: LossWeights,
 ) -> dict:
     return {
         "name": opts.name,
@@ -191,7 +203,7 @@ def _card(
             "grid": grid,
             "data": data_summary or {},
         },
-        "loss_weights": LossWeights.for_config(opts.config, **opts.loss_weights).to_dict(),
+        "loss_weights": weights.to_dict(),
         "versions": versions(),
     }
 
@@ -220,11 +232,12 @@ def train(
 
     torch.manual_seed(opts.seed)  # identical initial weights on every rank
     model = Disarm(cfg).to(device)
+    weights = LossWeights.for_config(opts.config, **opts.loss_weights)
     trainer = DisarmTrainer(
         model,
         opts.steps,
         lr=opts.lr,
-        weights=LossWeights.for_config(opts.config, **opts.loss_weights),
+        weights=weights,
         content_d_every=opts.content_d_every,
         amp=opts.amp,
     )
@@ -285,6 +298,7 @@ def train(
             device,
             data_summary,
             paired=sampler.paired,
+            weights=weights,
         )
         state = model.state_dict()
         if final:
