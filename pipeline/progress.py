@@ -38,18 +38,12 @@ class ProgressReporter:
     @staticmethod
     def image_of(node) -> str | None:
         """The image ident of a node, from its ``t1w_<ident>_wf`` parent workflow."""
-        for part in str(getattr(node, "_hierarchy", "") or "").split("."):
-            m = _IMAGE_WF.match(part)
-            if m:
-                return m.group(1)
-        m = re.search(r"t1w_(.+?)_wf", getattr(node, "fullname", ""))
-        return m.group(1) if m else None
+        return _image_ident(node.fullname)
 
     def __call__(self, node, status: str) -> None:
         ident = self.image_of(node)
         name = self.names.get(ident, ident or "?")
-        key = getattr(node, "fullname", str(node))
-        short = getattr(node, "name", key)
+        key, short = node.fullname, node.name
         if status == "start":
             self.started[key] = time.monotonic()
             self.log.info("[%s] %s: started", name, short)
@@ -98,9 +92,16 @@ def node_counts(workflow) -> dict[str, int]:
     for name in workflow.list_node_names():
         if isinstance(workflow.get_node(name).interface, IdentityInterface):
             continue
-        for part in name.split("."):
-            m = _IMAGE_WF.match(part)
-            if m:
-                counts[m.group(1)] += 1
-                break
+        ident = _image_ident(name)
+        if ident is not None:
+            counts[ident] += 1
     return dict(counts)
+
+
+def _image_ident(dotted_name: str) -> str | None:
+    """The ident of the ``t1w_<ident>_wf`` workflow in a dotted node name, if any."""
+    for part in dotted_name.split("."):
+        m = _IMAGE_WF.match(part)
+        if m:
+            return m.group(1)
+    return None
