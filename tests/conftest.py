@@ -61,9 +61,14 @@ def run_cli(
     *args: str | Path, cwd: Path | None = None, prefix: list[str] | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:
     """Run ``disarm-pipeline`` in a subprocess, as a user would."""
-    cmd = [*(prefix or []), sys.executable, "-m", "pipeline.cli.run", *map(str, args)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd, env = cli_command(*args, prefix=prefix)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def cli_command(*args: str | Path, prefix: list[str] | None = None) -> tuple[list[str], dict]:
+    """The command line and environment that run ``disarm-pipeline`` from this checkout."""
+    cmd = [*(prefix or []), sys.executable, "-m", "pipeline.cli.run", *map(str, args)]
+    return cmd, {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,15 @@ import hashlib
 import json
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import nibabel as nb
 import numpy as np
 import pytest
-from conftest import make_random_model, run_cli
+from conftest import cli_command, make_random_model, run_cli
 
 from pipeline.exitcodes import ExitCode
 
@@ -296,21 +298,13 @@ def _processes_of(work: Path) -> list[int]:
 def test_killed_run_leaves_no_half_output_and_resumes(demo_run, demo_bids, tiny_model, tmp_path):
     """SIGTERM mid-run: exit 143 within seconds, no worker left running, nothing half-written
     under a final name; the rerun finishes with outputs identical to an uninterrupted run."""
-    import os
-    import signal
-    import sys
-    import time
-
-    from conftest import REPO
-
     root, _ = demo_run
     out, work = tmp_path / "out", tmp_path / "work"
     args = [
         demo_bids, out, "participant", "-w", work, "--output-resolution", "2", "--nprocs", "2",
         "--omp-nthreads", "1", "--model", tiny_model, "--output-spaces", "template", "T1w",
     ]  # fmt: skip
-    cmd = [sys.executable, "-m", "pipeline.cli.run", *map(str, args)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd, env = cli_command(*args)
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not list(work.rglob("result_n4.pklz")) and time.monotonic() < deadline:
