@@ -41,7 +41,15 @@ from .networks import (
     ScannerEncoder,
 )
 
-__all__ = ["Disarm", "one_hot", "autocast_for", "windows", "apply_curves"]
+__all__ = [
+    "Disarm",
+    "one_hot",
+    "autocast_for",
+    "windows",
+    "apply_curves",
+    "apply_knots",
+    "monotone_knots",
+]
 
 _GAIN_LIMIT = 3.0  # |log gain| <= 3: a factor of 20 either way is already absurd
 
@@ -116,8 +124,15 @@ class Disarm(nn.Module):
         """G(z_b, z, c) at the input size; ``x_pad`` = the padded image z_b was encoded from."""
         canvas = quantiles = None
         if self.cfg.canvas_channels:
-            canvas, quantiles = self.canvas(x_pad), self.source_quantiles(x_pad)
+            # per-window curves read the quantiles at the networks' resolution (8x fewer
+            # voxels to sort; a window's tissue levels are the same there)
+            window = self.cfg.curve_grid == "window"
+            canvas = self.canvas(x_pad)
+            quantiles = self.source_quantiles(self.to_io(x_pad) if window else x_pad)
         out = self.gen(zb, z, c, canvas, quantiles)
+        if self.cfg.output == "curves" and self.cfg.curve_grid == "window":
+            knots = monotone_knots(out.float(), -1.0, self.cfg.clip_max)
+            return self.crop(apply_knots(x_pad.float(), knots, -1.0, self.cfg.clip_max), size)
         k = self.cfg.io_downsample
         if k > 1:
             out = F.interpolate(out, scale_factor=k, mode="trilinear", align_corners=False)
@@ -233,6 +248,36 @@ def apply_curves(x: torch.Tensor, shifts: torch.Tensor, lo: float, hi: float) ->
     v0 = values.gather(1, i)
     v1 = values.gather(1, i + 1)
     return v0 + frac * (v1 - v0)
+
+
+_SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) = 1
+
+
+def monotone_knots(raw: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """(B, K) raw outputs -> (B, K) increasing knot values of one curve per image.
+
+    The first raw value shifts the lowest knot from ``lo``; the other K - 1 set the rises
+    between knots as softplus multiples of the identity's rise, so a curve always increases
+    and raw = 0 is the identity.
+    """
+    step = (hi - lo) / (raw.shape[1] - 1)
+    rises = step * F.softplus(raw[:, 1:] + _SOFTPLUS_ONE)
+    first = lo + raw[:, :1]
+    return torch.cat([first, first + rises.cumsum(1)], 1)
+
+
+def apply_knots(x: torch.Tensor, knots: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """One piecewise-linear curve per image: ``knots`` (B, K) at K evenly spaced levels over
+    [lo, hi], applied to x (B, 1, ...) clamped to [lo, hi]."""
+    n = knots.shape[1]
+    step = (hi - lo) / (n - 1)
+    u = (x.clamp(lo, hi) - lo) / step
+    i = u.floor().clamp(0, n - 2)
+    frac = u - i
+    values = knots.view(knots.shape[0], n, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:])
+    i = i.long()
+    v0 = values.gather(1, i)
+    return v0 + frac * (values.gather(1, i + 1) - v0)
 
 
 def windows(size: tuple[int, ...], tile: int) -> list[tuple[slice, ...]]:

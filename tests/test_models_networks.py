@@ -109,6 +109,35 @@ def test_curves_generator_draws_from_the_canvas():
     assert (a - x).abs().mean() > 1e-3
 
 
+def test_window_curves_map_a_window_by_one_increasing_curve():
+    """curve_grid="window": a new model is the identity; a trained-looking head gives one
+    curve for the whole window (equal inputs map to equal outputs wherever they lie) that
+    never decreases (an edge keeps its sign), and G builds no upsampling layers."""
+    from models.disarm import apply_knots, monotone_knots
+
+    torch.manual_seed(3)
+    model = Disarm(get_config("window-curves", n_scanners=2)).eval()
+    assert not hasattr(model.gen, "up2")
+    x = torch.rand(2, 1, 16, 16, 16) * 3 - 1
+    z, c = torch.zeros(2, 8), one_hot([0, 1], 2)
+    with torch.no_grad():
+        zb, x_pad = model.content(x)
+        y = model.generate(zb, z, c, x_pad, (16, 16, 16))
+        torch.testing.assert_close(y, x, atol=0.03, rtol=0)
+        torch.nn.init.normal_(model.gen.head.weight, 0, 0.5)
+        x[:, :, 0, 0, 0] = x[:, :, 9, 9, 9] = 0.3  # one level at two places
+        zb, x_pad = model.content(x)
+        y = model.generate(zb, z, c, x_pad, (16, 16, 16))
+    assert (y - x).abs().mean() > 0.05
+    torch.testing.assert_close(y[:, :, 0, 0, 0], y[:, :, 9, 9, 9])
+    order = x.flatten(1).argsort(1)
+    assert (y.flatten(1).gather(1, order).diff(dim=1) >= -1e-6).all()
+    knots = monotone_knots(torch.tensor([[0.0, -9.0, 9.0]]), -1.0, 2.0)
+    assert knots[0, 0] == -1.0 and 0 < knots[0, 1] + 1.0 < 1e-3 and knots[0, 2] > 12.0
+    levels = torch.tensor([-1.0, 0.5, 2.0]).view(1, 1, 3)
+    torch.testing.assert_close(apply_knots(levels, knots, -1.0, 2.0), knots.view(1, 1, 3))
+
+
 @pytest.mark.parametrize("output", ["affine", "detail", "curves"])
 def test_fast_output_keeps_fine_detail(output):
     """A non-trivial generator changes the image but keeps 1-voxel detail of the input."""

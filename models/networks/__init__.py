@@ -1,7 +1,14 @@
 """The DISARM networks, one module per part, and their configuration."""
 
 from .anatomy_encoder import AnatomyEncoder
-from .config import NetworkConfig, curves_config, fast_config, get_config, reference_config
+from .config import (
+    NetworkConfig,
+    curves_config,
+    fast_config,
+    get_config,
+    reference_config,
+    window_curves_config,
+)
 from .discriminators import ContentDiscriminator, ImageDiscriminator
 from .generator import Generator
 from .scanner_encoder import ScannerEncoder
@@ -16,5 +23,6 @@ __all__ = [
     "reference_config",
     "fast_config",
     "curves_config",
+    "window_curves_config",
     "get_config",
 ]

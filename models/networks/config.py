@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-__all__ = ["NetworkConfig", "reference_config", "fast_config", "curves_config", "get_config"]
+__all__ = ["NetworkConfig", "reference_config", "fast_config", "curves_config",
+           "window_curves_config", "get_config"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class NetworkConfig:
     cannot move an edge or invent one. To draw the curve of *this* input G also sees the input
     itself: pooled to the content code's grid (its local mean and spread: the canvas), and
     the ``curve_quantiles`` quantiles of its head's intensities (where its tissues lie).
+    ``curve_grid``: ``"voxel"`` = a curve per voxel of G's grid, as above; ``"window"`` = G's
+    knot maps are averaged into one *monotone* curve per window (a training patch, a window
+    of windowed inference): the curve cannot map one tissue two ways inside a window, nor
+    invert an edge, and neighbouring windows blend into a curve that varies over centimetres
+    (a bias field's scale), never voxel to voxel.
     ``upsample``: how G doubles its size: ``"resize"`` (trilinear x2, then a 3x3x3 conv: no
     checkerboard) or ``"transpose"`` (the reference's ConvTranspose3d(k=3, stride=2), whose
     kernel overlaps unevenly and prints a period-2 grid; Odena et al., Distill 2016).
@@ -56,6 +62,7 @@ class NetworkConfig:
     up_norm: bool = True  #: instance norm in G's upsampling layers (ref); see below
     curve_knots: int = 12  #: with output="curves": knots of each voxel's intensity curve
     curve_quantiles: int = 16  #: with output="curves": G sees this many input quantiles
+    curve_grid: str = "voxel"  #: with output="curves": one curve per "voxel" or per "window"
 
     def __post_init__(self) -> None:
         if self.n_scanners < 2:
@@ -66,6 +73,8 @@ class NetworkConfig:
             raise ValueError("output must be 'image', 'detail', 'affine' or 'curves'")
         if self.curve_knots < 2:
             raise ValueError("curve_knots must be at least 2")
+        if self.curve_grid not in ("voxel", "window"):
+            raise ValueError("curve_grid must be 'voxel' or 'window'")
         if self.upsample not in ("resize", "transpose"):
             raise ValueError("upsample must be 'resize' or 'transpose'")
         if self.output == "image" and self.clip_max != 1.0:
@@ -130,9 +139,20 @@ def curves_config(n_scanners: int = 5) -> NetworkConfig:
     return replace(fast_config(n_scanners), name="curves", output="curves", detail_gate=False)
 
 
+def window_curves_config(n_scanners: int = 5) -> NetworkConfig:
+    """The curves configuration with one monotone curve per window (``curve_grid="window"``)."""
+    return replace(curves_config(n_scanners), name="window-curves", curve_grid="window")
+
+
 def get_config(name: str, n_scanners: int = 5, **overrides) -> NetworkConfig:
-    """``"reference"``, ``"fast"`` or ``"curves"``, with optional field overrides."""
-    presets = {"reference": reference_config, "fast": fast_config, "curves": curves_config}
+    """``"reference"``, ``"fast"``, ``"curves"`` or ``"window-curves"``, with optional field
+    overrides."""
+    presets = {
+        "reference": reference_config,
+        "fast": fast_config,
+        "curves": curves_config,
+        "window-curves": window_curves_config,
+    }
     if name not in presets:
         raise ValueError(f"unknown network configuration {name!r}; known: {', '.join(presets)}")
     return replace(presets[name](n_scanners), **overrides)

@@ -41,7 +41,9 @@ class Generator(nn.Module):
     curve). For affine the last layer starts at zero (a new model is the identity), for curves
     near zero (a new model is within a few thousandths of it). With curves G also takes the
     canvas (B, 2, d, h, w), the input's local mean and spread on z_b's grid, and the quantiles
-    of its head's intensities (B, Q), joined to the content code.
+    of its head's intensities (B, Q), joined to the content code. With
+    ``curve_grid="window"`` G reads its K knots out on z_b's grid and returns their mean
+    (B, K): one curve per window.
     """
 
     def __init__(self, cfg: NetworkConfig) -> None:
@@ -53,6 +55,15 @@ class Generator(nn.Module):
         self.share = ResBlock(cb)
         t = cb + self.canvas + nz + nc + self.n_quantiles
         self.blocks = nn.Sequential(*[ResBlock(t) for _ in range(cfg.n_gen_blocks)])
+        self.per_window = cfg.output == "curves" and cfg.curve_grid == "window"
+        if self.per_window:
+            # one curve per window: it is read out on z_b's grid and averaged, so G's
+            # upsampling layers, which would only be averaged away, are not built
+            self.head = nn.Conv3d(t + nz, cfg.curve_knots, 1)
+            init_weights(self)
+            nn.init.normal_(self.head.weight, 0.0, 1e-3)
+            nn.init.zeros_(self.head.bias)
+            return
         self.up2 = _up(t + nz, (t + nz) // 2, 2, cfg.upsample, cfg.up_norm)
         t2 = (t + nz) // 2
         self.up1 = _up(t2 + nz, (t2 + nz) // 2, 1, cfg.upsample, cfg.up_norm)
@@ -87,6 +98,8 @@ class Generator(nn.Module):
                 raise ValueError("this generator draws curves: it needs the input's canvas")
             h = torch.cat([h, canvas.to(h.dtype), tile(quantiles, h)], 1)
         h = self.blocks(torch.cat([h, tile(c, h), tile(z, h)], 1))
+        if self.per_window:
+            return self.head(torch.cat([h, tile(z, h)], 1)).mean((2, 3, 4))
         h = self.up2(torch.cat([h, tile(z, h)], 1))
         h = self.up1(torch.cat([h, tile(z, h)], 1))
         h = self.head(torch.cat([h, tile(z, h)], 1))
