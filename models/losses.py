@@ -59,11 +59,11 @@ class LossWeights:
     def for_config(cls, config: str, **overrides: float) -> LossWeights:
         """The weights a configuration trains with by default, then ``overrides``.
 
-        ``curves`` and ``window-curves``: L_rec and L_cc at 1 (the identity curve solves both, and their L1 sign
-        gradient, as large at 0.002 as at 0.2, then pins G to the identity against the
-        travelling-head losses), the generator's adversarial terms at 0.1 (L_adv^s) and 0.5
-        (L_cls^s of fakes), so that the travelling heads' targets lead; the rest as the
-        reference. Measured in docs/model.md.
+        ``curves`` and ``window-curves``: L_rec and L_cc at 1 (the identity curve solves
+        both, and their L1 sign gradient, as large at 0.002 as at 0.2, then pins G to the
+        identity against the travelling-head losses), the generator's adversarial terms at 0.1
+        (L_adv^s) and 0.5 (L_cls^s of fakes), so that the travelling heads' targets lead; the
+        rest as the reference. Measured in docs/model.md.
         """
         curves = {"rec": 1.0, "cc": 1.0, "adv_s": 0.1, "cls_s_fake": 0.5}
         preset = {"curves": curves, "window-curves": curves}

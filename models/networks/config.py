@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-__all__ = ["NetworkConfig", "reference_config", "fast_config", "curves_config",
-           "window_curves_config", "get_config"]
+__all__ = [
+    "NetworkConfig",
+    "reference_config",
+    "fast_config",
+    "curves_config",
+    "window_curves_config",
+    "get_config",
+]
 
 
 @dataclass(frozen=True)
