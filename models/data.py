@@ -15,13 +15,9 @@ randomised (each draw a new scanner of the profile's family) and paired (one hea
 scanners, voxel-aligned, with the clean head as a target: a travelling head). Real domains
 with ages can be paired by age. On CPU a random patch
 (``patch_size``) centred on a random head voxel is cut; ``patch_size=None`` gives whole
-volumes (GPU). TorchIO's RandomElasticDeformation(num_control_points=10, locked_borders=2,
-max_displacement=8) is applied with probability ``elastic_p`` (0.7, ref). Whole volumes go
-through TorchIO itself. A patch gets the same deformation model (:func:`elastic_patch`: TorchIO's
-control-point distribution and border locking, SimpleITK's cubic B-spline) on a virtual 128 mm
-field centred on it (control-point spacing 18 mm > twice the 8 mm displacement, TorchIO's
-no-folding condition), evaluated on the patch voxels only: deforming a whole 128^3 region with
-TorchIO for every 64^3 patch cost more than the training step itself.
+volumes (GPU). Elastic augmentation (probability ``elastic_p``, 0.7 as the reference) is
+TorchIO's deformation model (:mod:`models.elastic`); the images are held in memory by
+:class:`~models.volumes.VolumeStore`.
 """
 
 from __future__ import annotations
@@ -31,19 +27,19 @@ import threading
 import warnings
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 import torch
 
-from .intensity import normalize, robust_range
+from .elastic import ELASTIC_MARGIN, elastic_patch, seeded_elastic
+from .intensity import normalize
 from .scanners import ScannerProfile, sample_profile
-from .simulate import apply_profile, blur_margin, robust_max
-from .tissue import TissueModel, fit_tissue_model, soft_brain, tissue_weights
+from .simulate import apply_profile, blur_margin
+from .tissue import tissue_weights
+from .volumes import Volume, VolumeStore, cut_box
 
 __all__ = ["TrainImage", "VolumeStore", "PairSampler", "Prefetcher", "build_simulated"]
 
-_ELASTIC_FIELD_MM = 128.0  # virtual field of a patch deformation: 16 mm grid > 2 x 8 mm
-_ELASTIC_MARGIN = 9
+_SIM_MARGIN = 8  # voxels simulated around a patch: blur up to ~3.4 mm FWHM at 1 mm, smoothing
 
 
 @dataclass(frozen=True)
@@ -79,174 +75,6 @@ def build_simulated(
         for k, prof in enumerate(profiles):
             if assign == "all" or i % len(profiles) == k:
                 out.append(TrainImage(str(p), prof.name, prof, brain_mask=brain_mask))
-    return out
-
-
-@dataclass
-class _Volume:
-    data: np.ndarray  # float16; clean / robust max for simulated use, else raw normalized
-    voxel_size: tuple[float, float, float]
-    centres: np.ndarray  # (N, 3) head voxels to centre patches on
-    clean_range: tuple[float, float] = (0.0, 1.0)  # robust range of ``data`` (clean target)
-    tissue: TissueModel | None = None  # simulated use: CSF/GM/WM mixture of the clean head
-    brain: np.ndarray | None = None  # soft brain weight on the grid (shared), or None
-    sub_weights: np.ndarray | None = None  # tissue weights of the 1-in-4 subsample
-
-
-_SIM_MARGIN = 8  # voxels simulated around a patch: blur up to ~3.4 mm FWHM at 1 mm, smoothing
-_SUB = 4  # subsampling of the whole-volume intensity range estimate of a simulated draw
-
-
-class VolumeStore:
-    """Loads each image once, keeps it in memory as float16 (about 14 MB per 1 mm head)."""
-
-    def __init__(self, clip_max: float = 1.0) -> None:
-        self.clip_max = clip_max
-        self._cache: dict[tuple[str, bool], _Volume] = {}
-        self._brains: dict[str, np.ndarray] = {}
-        self._lock = threading.Lock()
-
-    def _brain(self, path: str | None, shape: tuple[int, ...]) -> np.ndarray | None:
-        if path is None:
-            return None
-        if path not in self._brains:
-            mask = np.asarray(nib.load(path).dataobj) > 0
-            self._brains[path] = soft_brain(mask).astype(np.float16)
-        brain = self._brains[path]
-        if brain.shape != shape:
-            warnings.warn(
-                f"{path}: brain mask grid {brain.shape} is not the image grid {shape}",
-                stacklevel=2,
-            )
-            return None
-        return brain
-
-    def get(self, path: str, simulated: bool, brain_mask: str | None = None) -> _Volume:
-        key = (path, simulated)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-        img = nib.load(path)
-        if len(img.shape) != 3:
-            raise ValueError(f"{path}: training images must be 3D, got shape {img.shape}")
-        raw = np.asarray(img.dataobj, dtype=np.float32)
-        vs = tuple(float(v) for v in img.header.get_zooms()[:3])
-        vol = _Volume(raw, vs, np.zeros((0, 3), int))
-        if simulated:
-            data = raw / robust_max(raw)  # the simulator's working range
-            fg = data > 0.1
-            with self._lock:
-                brain = self._brain(brain_mask, data.shape)
-            vol.brain = brain
-            vol.tissue = fit_tissue_model(data, None if brain is None else brain > 0.5)
-            sub = data[::_SUB, ::_SUB, ::_SUB]
-            bsub = None if brain is None else brain[::_SUB, ::_SUB, ::_SUB].astype(np.float32)
-            vol.sub_weights = tissue_weights(sub, vol.tissue, bsub).astype(np.float16)
-            vol.clean_range = robust_range(data)
-        else:
-            lo, hi = robust_range(raw)
-            data = normalize(raw, lo, hi, self.clip_max)
-            fg = data > -0.8
-        idx = np.argwhere(fg[::4, ::4, ::4]) * 4
-        if len(idx) == 0:
-            idx = np.array([[s // 2 for s in data.shape]])
-        vol.data, vol.centres = data.astype(np.float16), idx
-        with self._lock:
-            self._cache[key] = vol
-        return vol
-
-    def sim_range(self, vol: _Volume, profile: ScannerProfile) -> tuple[float, float]:
-        """Robust range of the whole simulated volume, estimated on a 1-in-4 subsample (each
-        randomised draw is a new scanner, so nothing is cached)."""
-        sub = vol.data[::_SUB, ::_SUB, ::_SUB].astype(np.float32)
-        tissue = None if vol.tissue is None else (vol.sub_weights.astype(np.float32), vol.tissue)
-        vs = tuple(_SUB * v for v in vol.voxel_size)
-        return robust_range(apply_profile(sub, profile, voxel_size_mm=vs, tissue=tissue))
-
-
-def _seeded_elastic():
-    """TorchIO's RandomElasticDeformation(num_control_points=10, locked_borders=2,
-    max_displacement=8, p=1) drawing its control points from a numpy Generator, so the data
-    thread never touches torch's global RNG (which the training loop uses)."""
-    import torchio as tio
-
-    class SeededElastic(tio.RandomElasticDeformation):
-        rng: np.random.Generator = np.random.default_rng(0)
-
-        def get_params(self, num_control_points, max_displacement, num_locked_borders):
-            # same distribution and border locking as torchio's own get_params
-            field = (self.rng.random((*num_control_points, 3), dtype=np.float32) - 0.5) * 2
-            field *= np.asarray(max_displacement, dtype=np.float32)
-            for i in range(num_locked_borders):
-                field[i, :] = 0
-                field[-1 - i, :] = 0
-                field[:, i] = 0
-                field[:, -1 - i] = 0
-            return field
-
-    return SeededElastic(num_control_points=10, locked_borders=2, max_displacement=8)
-
-
-def _bspline_weights(coords_mm: np.ndarray, spacing: float, n_points: int) -> np.ndarray:
-    """(n, n_points) cubic B-spline weights of a control grid starting one spacing before 0
-    (SimpleITK's BSplineTransform layout: mesh of n_points - 3 cells over the field)."""
-    u = coords_mm / spacing
-    cell = np.floor(u).astype(int)
-    t = u - cell
-    basis = np.stack(
-        [(1 - t) ** 3 / 6, (3 * t**3 - 6 * t**2 + 4) / 6,
-         (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6, t**3 / 6], axis=1,
-    )  # fmt: skip
-    w = np.zeros((len(u), n_points), dtype=np.float64)
-    for k in range(4):
-        idx = np.clip(cell + k, 0, n_points - 1)
-        np.add.at(w, (np.arange(len(u)), idx), basis[:, k])
-    return w
-
-
-def elastic_patch(
-    t: torch.Tensor, size: int, margin: int, voxel_size, rng: np.random.Generator
-) -> torch.Tensor:
-    """TorchIO's RandomElasticDeformation(num_control_points=10, locked_borders=2,
-    max_displacement=8) on a cubic field of 128 mm centred on the patch, evaluated only on the
-    ``size``-voxel patch: ``t`` is (1, size + 2 margin, ...) and the patch is resampled from it
-    (trilinear). Same control-point distribution and border locking as TorchIO, cubic B-spline
-    interpolation as SimpleITK; ~20x cheaper than deforming the whole 128^3 field."""
-    n_cp, field_mm, max_d = 10, _ELASTIC_FIELD_MM, 8.0
-    cp = (rng.random((n_cp, n_cp, n_cp, 3)) - 0.5) * 2 * max_d
-    for i in range(2):  # TorchIO locks the borders of the first two axes only
-        cp[i, :] = cp[-1 - i, :] = 0
-        cp[:, i] = cp[:, -1 - i] = 0
-    spacing = field_mm / (n_cp - 3)
-    weights = []
-    for a in range(3):
-        vs = float(voxel_size[a])
-        # patch voxel centres in mm, in a field whose centre is the patch centre
-        x = (np.arange(size) - (size - 1) / 2) * vs + field_mm / 2
-        weights.append(_bspline_weights(x, spacing, n_cp))
-    disp = np.einsum("xi,yj,zk,ijkc->xyzc", *weights, cp, optimize=True)  # mm
-    full = size + 2 * margin
-    base = [np.arange(size) + margin for _ in range(3)]
-    grid = np.stack(np.meshgrid(*base, indexing="ij"), -1).astype(np.float64)
-    grid += disp / np.asarray(voxel_size, dtype=np.float64)  # voxels of the source box
-    norm = 2 * grid / (full - 1) - 1  # grid_sample wants (x=W, y=H, z=D) in [-1, 1]
-    g = torch.from_numpy(norm[..., ::-1].copy()).float()[None]
-    out = torch.nn.functional.grid_sample(
-        t[None], g, mode="bilinear", padding_mode="border", align_corners=True
-    )
-    return out[0]
-
-
-def _cut(data: np.ndarray, start, size) -> np.ndarray:
-    """data[start:start+size] with edge padding where the box leaves the volume."""
-    sl, pads = [], []
-    for s, n, dim in zip(start, size, data.shape, strict=True):
-        a, b = max(s, 0), min(s + n, dim)
-        sl.append(slice(a, b))
-        pads.append((a - s, s + n - b))
-    out = data[tuple(sl)]
-    if any(p != (0, 0) for p in pads):
-        out = np.pad(out, pads, mode="edge")
     return out
 
 
@@ -315,7 +143,7 @@ class PairSampler:
 
     def _elastic_tf(self):
         if self._elastic is None:
-            self._elastic = _seeded_elastic()
+            self._elastic = seeded_elastic()
         return self._elastic
 
     def _profile(self, im: TrainImage, rng: np.random.Generator) -> ScannerProfile | None:
@@ -324,17 +152,17 @@ class PairSampler:
             return sample_profile(prof.family, rng)
         return prof
 
-    def _box(self, vol: _Volume, rng: np.random.Generator, size: int | None, deform: bool):
+    def _box(self, vol: Volume, rng: np.random.Generator, size: int | None, deform: bool):
         """(start, box): the whole volume, or a patch (2 x 9 voxels larger when deformed: it is
         resampled with displacements of up to 8 mm) centred near a random head voxel."""
         if size is None:
             return (0, 0, 0), vol.data.shape
-        box = (size + 2 * (_ELASTIC_MARGIN if deform else 0),) * 3
+        box = (size + 2 * (ELASTIC_MARGIN if deform else 0),) * 3
         centre = vol.centres[rng.integers(len(vol.centres))] + rng.integers(0, 4, 3)
         return tuple(int(c) - b // 2 for c, b in zip(centre, box, strict=True)), box
 
     def _render(
-        self, vol: _Volume, prof: ScannerProfile | None, start, box, seed: int, cache=None
+        self, vol: Volume, prof: ScannerProfile | None, start, box, seed: int, cache=None
     ) -> np.ndarray:
         """The normalized box of ``vol``: as recorded by ``prof``, or clean (``None``).
 
@@ -342,16 +170,18 @@ class PairSampler:
         region and its tissue weights are cut and computed once.
         """
         if vol.tissue is None:  # a real domain: stored normalized
-            return _cut(vol.data, start, box).astype(np.float32)
+            return cut_box(vol.data, start, box).astype(np.float32)
         if prof is None:  # the clean head (travelling-head target)
             lo, hi = vol.clean_range
-            return normalize(_cut(vol.data, start, box).astype(np.float32), lo, hi, self.clip_max)
+            return normalize(
+                cut_box(vol.data, start, box).astype(np.float32), lo, hi, self.clip_max
+            )
         m = max(blur_margin(prof, vol.voxel_size) + 2, _SIM_MARGIN)  # + the tissue smoothing
         cache = {} if cache is None else cache
         if cache.get("margin") != m:
             r_start = [s - m for s in start]
-            region = _cut(vol.data, r_start, [b + 2 * m for b in box]).astype(np.float32)
-            brain = None if vol.brain is None else _cut(vol.brain, r_start, region.shape)
+            region = cut_box(vol.data, r_start, [b + 2 * m for b in box]).astype(np.float32)
+            brain = None if vol.brain is None else cut_box(vol.brain, r_start, region.shape)
             brain = None if brain is None else brain.astype(np.float32)
             weights = tissue_weights(region, vol.tissue, brain)
             cache.update(margin=m, r_start=tuple(r_start), region=region, weights=weights)
@@ -367,7 +197,7 @@ class PairSampler:
         lo, hi = self.store.sim_range(vol, prof)
         return normalize(sim, lo, hi, self.clip_max)
 
-    def _deform(self, x: np.ndarray, vol: _Volume, size, deform_seed: int | None) -> torch.Tensor:
+    def _deform(self, x: np.ndarray, vol: Volume, size, deform_seed: int | None) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x))[None]
         if deform_seed is None:
             return t.contiguous()
@@ -379,7 +209,7 @@ class PairSampler:
                 warnings.simplefilter("ignore")
                 return tf(t).float().contiguous()
         # patches: the same deformation model, evaluated on the patch only
-        return elastic_patch(t, size, _ELASTIC_MARGIN, vol.voxel_size, rng).contiguous()
+        return elastic_patch(t, size, ELASTIC_MARGIN, vol.voxel_size, rng).contiguous()
 
     def load(
         self,

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import PairSampler, TrainImage, build_simulated, elastic_patch
+from models.data import PairSampler, TrainImage, build_simulated
+from models.elastic import elastic_patch
 from models.simulate import training_profiles
 
 
