@@ -21,7 +21,7 @@ class AnatomyEncoder(nn.Module):
         self.add_noise = cfg.content_noise
         self.net = nn.Sequential(
             conv(1, s, 7),
-            nn.LeakyReLU(0.2, inplace=True),
+            nn.LeakyReLU(cfg.stem_slope, inplace=True),
             conv(s, c, 3, stride=2),
             inorm(c),
             nn.ReLU(inplace=True),

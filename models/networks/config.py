@@ -39,7 +39,12 @@ class NetworkConfig:
     (a bias field's scale), never voxel to voxel.
     ``upsample``: how G doubles its size: ``"resize"`` (trilinear x2, then a 3x3x3 conv: no
     checkerboard) or ``"transpose"`` (the reference's ConvTranspose3d(k=3, stride=2), whose
-    kernel overlaps unevenly and prints a period-2 grid; Odena et al., Distill 2016).
+    kernel overlaps unevenly and prints a period-2 grid; Odena et al., Distill 2016) or
+    ``"reference"`` (the reference's exact layers, for imported models: the stride-2
+    ConvTranspose3d without output padding gives 2n - 1 voxels and a 2x2x2 transposed head
+    restores 2n).
+    ``stem_slope``: negative slope of the LeakyReLU after E_b's 7x7x7 stem (the reference's
+    layer has PyTorch's default, 0.01; models trained here use 0.2).
     ``detail_gate``: with ``output="detail"``, G also draws a gate in [0, 1] that scales the
     input's detail band (``y = up(G) + up(gate) * (x - up(down(x)))``), so noise in flat
     tissue need not pass through untouched while edges keep their detail.
@@ -63,7 +68,8 @@ class NetworkConfig:
     disc_channels: tuple[int, ...] = (8, 16, 32, 64, 128)  #: image discriminator trunk
     content_disc_channels: tuple[int, ...] = (16, 16, 32)  #: D_b
     clip_max: float = 1.0  #: upper clip of normalized intensities ([-1, clip_max])
-    upsample: str = "resize"  #: "resize" (trilinear + conv) or "transpose" (reference)
+    upsample: str = "resize"  #: "resize" (trilinear + conv), "transpose" or "reference"
+    stem_slope: float = 0.2  #: E_b's stem LeakyReLU slope (the reference's layer: 0.01)
     detail_gate: bool = False  #: learn a gate on the detail band (only with output="detail")
     up_norm: bool = True  #: instance norm in G's upsampling layers (ref); see below
     curve_knots: int = 12  #: with output="curves": knots of each voxel's intensity curve
@@ -81,8 +87,8 @@ class NetworkConfig:
             raise ValueError("curve_knots must be at least 2")
         if self.curve_grid not in ("voxel", "window"):
             raise ValueError("curve_grid must be 'voxel' or 'window'")
-        if self.upsample not in ("resize", "transpose"):
-            raise ValueError("upsample must be 'resize' or 'transpose'")
+        if self.upsample not in ("resize", "transpose", "reference"):
+            raise ValueError("upsample must be 'resize', 'transpose' or 'reference'")
         if self.output == "image" and self.clip_max != 1.0:
             raise ValueError("output='image' ends in tanh: clip_max must be 1.0")
 

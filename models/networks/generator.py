@@ -22,9 +22,11 @@ def _up(cin: int, cout: int, stride: int, scheme: str, norm: bool = True) -> nn.
 
     ``"transpose"``: the reference's ConvTranspose3d(k=3); at stride 2 its kernel overlaps
     unevenly and prints a checkerboard. ``"resize"``: trilinear x2 then a 3x3x3 convolution.
+    ``"reference"``: the reference's ConvTranspose3d without output padding (2n - 1 voxels).
     """
-    if scheme == "transpose":
-        layer = nn.ConvTranspose3d(cin, cout, 3, stride, 1, output_padding=stride - 1)
+    if scheme in ("transpose", "reference"):
+        extra = stride - 1 if scheme == "transpose" else 0
+        layer = nn.ConvTranspose3d(cin, cout, 3, stride, 1, output_padding=extra)
     elif stride == 2:
         layer = nn.Sequential(_Resize2(), conv(cin, cout, 3))
     else:
@@ -70,7 +72,8 @@ class Generator(nn.Module):
         t3 = (t2 + nz) // 2
         gate = cfg.detail_gate and cfg.output == "detail"
         out = {"affine": 2, "curves": cfg.curve_knots}.get(cfg.output, 2 if gate else 1)
-        self.head = nn.ConvTranspose3d(t3 + nz, out, 1)
+        # the reference's 2x2x2 head takes its 2n - 1 voxels back to 2n
+        self.head = nn.ConvTranspose3d(t3 + nz, out, 2 if cfg.upsample == "reference" else 1)
         init_weights(self)
         if cfg.output == "affine":
             nn.init.zeros_(self.head.weight)
