@@ -196,6 +196,11 @@ class Harmonizer:
         clip = self.cfg.clip_max
         lo, hi = robust_range(data)
         c = self._label(target)
+        if mode == "target" and target not in (self.card.get("scanner_codes") or {}):
+            raise HarmonizeError(
+                f"the model stores no mean scanner code for {target!r} (an imported reference "
+                "model): use mode reference with an image from that scanner"
+            )
         ac = autocast_for(self.device, self.amp)
         m = self.model
         if mode == "scanner-free":

@@ -113,6 +113,12 @@ def run(args: argparse.Namespace) -> Path:
             f"unknown target scanner {args.target!r}; known: {', '.join(harmonizer.scanners)}",
             ExitCode.USAGE,
         )
+    if args.mode == "target" and args.target not in (harmonizer.card.get("scanner_codes") or {}):
+        raise UserError(
+            f"the model stores no mean scanner code for {args.target!r} (an imported reference "
+            "model): use --mode reference --reference IMAGE",
+            ExitCode.USAGE,
+        )
     try:
         out, meta = harmonizer.harmonize(
             img, mode=args.mode, target=args.target, reference=ref, seed=args.seed,
