@@ -1,9 +1,11 @@
-"""BIDS input (pybids queries, input checks) and BIDS-Derivatives naming and metadata."""
+"""BIDS input (pybids queries, input checks), BIDS-Derivatives naming and metadata, and the
+pybids index that reads the derivatives back."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +113,46 @@ def load_layout(bids_dir: Path):
         raise UserError(
             f"{bids_dir} is not a BIDS dataset: {err}", ExitCode.INVALID_BIDS
         ) from None
+
+
+def load_derivatives(root: Path, subjects: Iterable[str] | None = None, *, whole_tree=False):
+    """Index a BIDS-Derivatives folder with pybids, to read outputs back by their entities.
+
+    Entities come from pybids' ``bids`` and ``derivatives`` configurations (``space``, ``res``,
+    ``desc``, ``from``/``to``/``mode``, ...). The index is in memory, without metadata
+    (sidecars are read directly) and without validation: ``dataset_description.json`` may be
+    missing or unreadable, as in a folder of outputs copied elsewhere.
+
+    By default only the ``sub-<label>`` folders of ``root`` are indexed (those of ``subjects``,
+    labels without ``sub-``, when given), without their report ``figures``: where the
+    participant level writes, so a report of one participant indexes one folder.
+    ``whole_tree`` indexes every folder pybids indexes by default instead (not ``derivatives/``,
+    ``code/``, ``models/``, ``sourcedata/``, ``stimuli/`` at the top, nor hidden folders).
+    """
+    from bids import BIDSLayout
+    from bids.layout import BIDSLayoutIndexer
+
+    root = Path(root)
+    ignore = None
+    if not whole_tree:
+        keep = None if subjects is None else {f"sub-{s}" for s in subjects}
+        skip = []
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            if not entry.is_dir():
+                continue
+            selected = entry.name.startswith("sub-") and (keep is None or entry.name in keep)
+            skip.append(f"{entry.name}/figures" if selected else entry.name)
+        # pybids matches ignore patterns against "/<path inside root>"; its string patterns are
+        # prefixes (sub-1 would hide sub-10), hence exact, escaped patterns of folder paths
+        ignore = [re.compile("^/" + re.escape(rel) + "$") for rel in skip]
+    # config instead of is_derivative=True: pybids then reads dataset_description.json only
+    # when it is valid JSON (is_derivative=True raises on a broken one)
+    return BIDSLayout(
+        str(root),
+        validate=False,
+        config=["bids", "derivatives"],
+        indexer=BIDSLayoutIndexer(validate=False, index_metadata=False, ignore=ignore),
+    )
 
 
 def collect_t1w(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -36,13 +35,11 @@ from pipeline.qc import GOOD_NCC
 #: extension is reported NOT_INCLUDED.
 BIDSIGNORE = ("*.html", "figures", "group_*", "*_xfm.*")
 
-_PREPROC = re.compile(
-    r"^(?P<source>sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*?)"
-    r"_space-(?P<space>[A-Za-z0-9]+)(?:_chunk-(?P<chunk>[A-Za-z0-9]+))?"
-    r"(?:_res-(?P<res>[A-Za-z0-9]+))?"
-    r"_desc-preproc_T1w\.nii(?:\.gz)?$"
-)
-_HARMONIZED_DESC = re.compile(r"^harmonized(?:To[A-Za-z0-9]+)?$")
+#: pybids query of the T1w images among the outputs.
+_T1W = {"datatype": "anat", "suffix": "T1w", "extension": [".nii", ".nii.gz"]}
+#: Entities that name one output of an image rather than the image.
+_OUTPUT_ENTITIES = frozenset({"suffix", "extension", "desc"})
+_XFM_ENTITIES = frozenset({"suffix", "extension", "from", "to", "mode"})
 
 
 @dataclass
@@ -89,7 +86,23 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _sidecar(image: Path) -> Path:
-    return image.with_name(re.sub(r"\.nii(\.gz)?$", ".json", image.name))
+    name = image.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return image.with_name(name[: -len(ext)] + ".json")
+    return image.with_suffix(".json")
+
+
+def _is_harmonized(desc: str) -> bool:
+    """``desc-harmonized`` or ``desc-harmonizedTo<Scanner>`` (what the pipeline writes)."""
+    target = desc.removeprefix("harmonizedTo")
+    return desc == "harmonized" or (target != desc and target.isascii() and target.isalnum())
+
+
+def _identity(entities: dict[str, Any], drop: frozenset[str], **extra: str) -> frozenset:
+    """The entities that tell an image apart, as a hashable key (pybids values as strings)."""
+    kept = {k: str(v) for k, v in entities.items() if k not in drop}
+    return frozenset({**kept, **extra}.items())
 
 
 def _subject_label(subject: str) -> str:
@@ -100,37 +113,59 @@ def collect_outputs(output_dir: Path, subjects: list[str] | None = None) -> list
     """Every ``desc-preproc`` T1w in ``output_dir`` with its harmonized images and affine.
 
     ``subjects`` (labels, with or without ``sub-``) restricts the search. Sorted by file name.
+    The outputs are read back with pybids (:func:`pipeline.bids.load_derivatives`): an image's
+    harmonized images and affine are the files with the same entities.
     """
+    from bids.layout import Query
+
+    from pipeline.bids import SOURCE_ENTITIES, load_derivatives
+
     output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
     labels = [_subject_label(s) for s in subjects] if subjects else None
-    patterns = [f"sub-{label}/**/*_desc-preproc_T1w.nii*" for label in labels or ["*"]]
-    found = sorted({p for pattern in patterns for p in output_dir.glob(pattern)})
+    layout = load_derivatives(output_dir, labels)
+    selection = {"subject": labels} if labels else {}
+    found = layout.get(**_T1W, **selection, space=Query.REQUIRED, desc=Query.REQUIRED)
+    # (path, entities), sorted like the paths: .nii.gz after .nii, harmonizedTo<X> before
+    # harmonized
+    images = sorted((Path(f.relpath), f.get_entities()) for f in found)
+    harmonized: dict[frozenset, dict[str, Path]] = {}
+    for rel, entities in images:
+        if _is_harmonized(str(entities["desc"])):
+            key = _identity(entities, _OUTPUT_ENTITIES)
+            harmonized.setdefault(key, {})[str(entities["desc"])] = output_dir / rel
+    xfms: dict[frozenset, Path] = {}
+    transforms = layout.get(
+        datatype="anat", suffix="xfm", extension=[".mat", ".txt"], mode="image",
+        to=Query.REQUIRED, **{"from": "T1w"}, **selection,
+    )  # fmt: skip
+    for f in transforms:  # .txt rather than .mat when both are there
+        entities = f.get_entities()
+        key = _identity(entities, _XFM_ENTITIES, space=str(entities["to"]))
+        if key not in xfms or entities["extension"] == ".txt":
+            xfms[key] = output_dir / f.relpath
     outputs = []
-    for path in found:
-        match = _PREPROC.match(path.name)
-        if match is None or path.parent.name != "anat":
+    for rel, entities in images:
+        if entities["desc"] != "preproc":
             continue
+        path = output_dir / rel
         item = ImageOutputs(
-            source=match["source"],
-            space=match["space"],
-            res=match["res"],
+            source="_".join(
+                f"{key}-{entities[name]!s}"
+                for name, key in SOURCE_ENTITIES
+                if name in entities and name != "chunk"
+            ),
+            space=str(entities["space"]),
+            res=str(entities["res"]) if "res" in entities else None,
             preproc=path,
             preproc_meta=_read_json(_sidecar(path)),
-            chunk=match["chunk"],
+            chunk=str(entities["chunk"]) if "chunk" in entities else None,
         )
-        for candidate in sorted(path.parent.glob(f"{item.stem}_desc-harmonized*_T1w.nii*")):
-            desc = candidate.name[len(item.stem) + len("_desc-") :].split("_")[0]
-            if _HARMONIZED_DESC.match(desc):
-                item.harmonized[desc] = candidate
-                item.harmonized_meta[desc] = _read_json(_sidecar(candidate))
-        for ext in (".txt", ".mat"):
-            chunk = f"_chunk-{item.chunk}" if item.chunk else ""
-            xfm = path.parent / (
-                f"{item.source}_from-T1w_to-{item.space}_mode-image{chunk}_xfm{ext}"
-            )
-            if xfm.is_file():
-                item.xfm = xfm
-                break
+        for desc, candidate in harmonized.get(_identity(entities, _OUTPUT_ENTITIES), {}).items():
+            item.harmonized[desc] = candidate
+            item.harmonized_meta[desc] = _read_json(_sidecar(candidate))
+        item.xfm = xfms.get(_identity(entities, _OUTPUT_ENTITIES | {"res"}))
         outputs.append(item)
     return outputs
 
