@@ -16,6 +16,7 @@ __all__ = [
     "collect_bids",
     "collect_tsv",
     "participant_ages",
+    "preproc_images",
     "preprocessing_of",
     "read_participants",
     "simulator_brain_mask",
@@ -23,6 +24,8 @@ __all__ = [
     "subject_of",
 ]
 
+#: The training images of a derivatives folder, as the error messages name them (they are
+#: found by a pybids query, :func:`preproc_images`).
 PREPROC_GLOB = "*_space-*_desc-preproc_T1w.nii*"
 
 
@@ -111,13 +114,32 @@ def simulator_brain_mask(spec: str, first: Path) -> str | None:
     return str(mask) if same_grid else None
 
 
+def preproc_images(root: Path) -> list[Path]:
+    """The ``desc-preproc`` T1w images (with a ``space``) of a derivatives folder, sorted.
+
+    A pybids query (:func:`pipeline.bids.load_derivatives`) over the whole folder: images of
+    pipeline outputs gathered in subfolders are found; pybids skips ``derivatives/``,
+    ``code/``, ``models/``, ``sourcedata/``, ``stimuli/`` and hidden folders.
+    """
+    from bids.layout import Query
+
+    from pipeline.bids import load_derivatives
+
+    layout = load_derivatives(root, whole_tree=True)
+    found = layout.get(
+        suffix="T1w", desc="preproc", space=Query.REQUIRED, extension=[".nii", ".nii.gz"]
+    )
+    return sorted(Path(root) / f.relpath for f in found)
+
+
 def collect_bids(args: argparse.Namespace) -> list[tuple[Path, str]]:
     """(image, scanner) pairs of a derivatives folder (scanner '' under --simulate)."""
-    files = sorted(p for p in args.input.rglob(PREPROC_GLOB) if p.name.endswith((".nii", ".gz")))
+    files = preproc_images(args.input)
     if not files:
-        raise UserError(
-            f"no {PREPROC_GLOB} images under {args.input}", ExitCode.NO_INPUT
-        )  # fmt: skip
+        hint = ""
+        if (args.input / "derivatives").is_dir():
+            hint = " (derivatives/ inside it is not searched: give the pipeline's folder there)"
+        raise UserError(f"no {PREPROC_GLOB} images under {args.input}{hint}", ExitCode.NO_INPUT)
     by_subject = None
     if args.scanner_column and not args.simulate_scanners:
         by_subject = read_participants(
