@@ -88,3 +88,47 @@ def test_reports_read_the_names_back(dataset, tmp_path):
     assert len(found) == len(FILES)
     assert all("harmonized" in item.harmonized and item.xfm for item in found)
     assert {item.chunk for item in found} == {None, "1", "2"}
+
+
+def test_outputs_are_read_back_by_their_entities(tmp_path):
+    """pybids pairs the files by entities (acq, run, echo, res kept apart), ignores what is no
+    output (a hidden half-written file, a renamed copy) and tells sub-1 from sub-10."""
+    from pipeline.cli.train_inputs import preproc_images
+
+    out = tmp_path / "deriv"  # no dataset_description.json: read all the same
+    written = []
+
+    def write(entities, **derived):
+        suffix, ext = ("xfm", ".txt") if "mode" in derived else ("T1w", ".nii.gz")
+        name = derivative_name(entities, suffix=suffix, extension=ext, **derived)
+        path = out / f"sub-{entities['subject']}" / "anat" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        written.append(path)
+        return path
+
+    xfm = {"from": "T1w", "to": SPACE, "mode": "image"}
+    echo2 = {"subject": "1", "acquisition": "mprage", "run": "01", "echo": "2"}
+    echo1 = {**echo2, "echo": "1"}
+    preproc2 = write(echo2, space=SPACE, res=2, desc="preproc")
+    harmonized = write(echo2, space=SPACE, res=2, desc="harmonized")
+    to_a = write(echo2, space=SPACE, res=2, desc="harmonizedToScannerA")
+    affine = write(echo2, **xfm)
+    preproc1 = write(echo1, space=SPACE, res=2, desc="preproc")
+    write(echo1, space=SPACE, res=1, desc="harmonized")  # another grid: not echo1's
+    other = write({"subject": "10"}, space=SPACE, desc="preproc")
+    # not outputs: a copy beside a harmonized image, a half-written hidden file
+    harmonized.with_name(harmonized.name + ".orig").write_bytes(b"")
+    preproc1.with_name(f".{preproc1.name}.x1y2.nii.gz").write_bytes(b"")
+
+    found = {item.preproc: item for item in collect_outputs(out, ["sub-1"])}
+    assert set(found) == {preproc1, preproc2}
+    item = found[preproc2]
+    assert item.source == "sub-1_acq-mprage_run-01_echo-2" and item.subject == "1"
+    assert (item.space, item.res, item.chunk) == (SPACE, "2", None)
+    assert item.harmonized == {"harmonizedToScannerA": to_a, "harmonized": harmonized}
+    assert item.xfm == affine
+    assert found[preproc1].harmonized == {} and found[preproc1].xfm is None
+    assert [o.preproc for o in collect_outputs(out, ["10"])] == [other]
+    assert len(collect_outputs(out)) == 3
+    assert preproc_images(out) == sorted([preproc1, preproc2, other])

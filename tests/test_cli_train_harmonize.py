@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 from models.checkpoint import read_card
 from pipeline.cli import harmonize as cli_harmonize
 from pipeline.cli import train as cli_train
+from pipeline.cli.train_inputs import preproc_images
 
 SHAPE = (20, 24, 18)
 
@@ -172,6 +174,18 @@ def test_train_errors_are_one_line(derivatives, tmp_path, capsys):
     assert cli_train.main([str(derivatives), "--out", str(out), "--scanner-column", "site",
                            *FAST]) == 0  # fmt: skip
     assert read_card(out / "model")["scanners"] == ["site0", "site1"]
+
+
+def test_train_input_of_raw_dataset_root(derivatives, tmp_path, capsys):
+    """pybids does not search a dataset's derivatives/ folder: the error says where to look; a
+    broken dataset_description.json in the derivatives does not matter (as before)."""
+    raw = tmp_path / "bids"
+    shutil.copytree(derivatives, raw / "derivatives" / "disarm")
+    (raw / "derivatives" / "disarm" / "dataset_description.json").write_text("{broken")
+    assert cli_train.main([str(raw), "--out", str(tmp_path / "o"), *FAST]) == 66
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "derivatives/ inside it is not searched" in err, err
+    assert len(preproc_images(raw / "derivatives" / "disarm")) == 4
 
 
 def test_torchrun_two_process_gloo(derivatives, tmp_path):
