@@ -124,7 +124,7 @@ def test_window_curves_map_a_window_by_one_increasing_curve():
         zb, x_pad = model.content(x)
         y = model.generate(zb, z, c, x_pad, (16, 16, 16))
         torch.testing.assert_close(y, x, atol=0.03, rtol=0)
-        torch.nn.init.normal_(model.gen.head.weight, 0, 0.5)
+        torch.nn.init.normal_(model.gen.head[-1].weight, 0, 0.5)
         x[:, :, 0, 0, 0] = x[:, :, 9, 9, 9] = 0.3  # one level at two places
         zb, x_pad = model.content(x)
         y = model.generate(zb, z, c, x_pad, (16, 16, 16))

@@ -44,8 +44,8 @@ class Generator(nn.Module):
     near zero (a new model is within a few thousandths of it). With curves G also takes the
     canvas (B, 2, d, h, w), the input's local mean and spread on z_b's grid, and the quantiles
     of its head's intensities (B, Q), joined to the content code. With
-    ``curve_grid="window"`` G reads its K knots out on z_b's grid and returns their mean
-    (B, K): one curve per window.
+    ``curve_grid="window"`` G returns one curve per window (B, K): an MLP reads the window's
+    mean features, the quantiles, the label and the code.
     """
 
     def __init__(self, cfg: NetworkConfig) -> None:
@@ -59,12 +59,23 @@ class Generator(nn.Module):
         self.blocks = nn.Sequential(*[ResBlock(t) for _ in range(cfg.n_gen_blocks)])
         self.per_window = cfg.output == "curves" and cfg.curve_grid == "window"
         if self.per_window:
-            # one curve per window: it is read out on z_b's grid and averaged, so G's
-            # upsampling layers, which would only be averaged away, are not built
-            self.head = nn.Conv3d(t + nz, cfg.curve_knots, 1)
+            # one curve per window, so G's upsampling layers are not built. The residual
+            # blocks' instance norm erases the tiled (constant) quantiles, label and code, so
+            # a small MLP reads them directly, with the window's mean features
+            width = 4 * cfg.curve_knots
+            self.head = nn.Sequential(
+                nn.Linear(t + self.n_quantiles + nc + nz, width),
+                nn.ReLU(inplace=True),
+                nn.Linear(width, width),
+                nn.ReLU(inplace=True),
+                nn.Linear(width, cfg.curve_knots),
+            )
             init_weights(self)
-            nn.init.normal_(self.head.weight, 0.0, 1e-3)
-            nn.init.zeros_(self.head.bias)
+            for layer in self.head[:-1]:  # PyTorch's default init: N(0, 0.02) would starve it
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
+            nn.init.normal_(self.head[-1].weight, 0.0, 1e-3)
+            nn.init.zeros_(self.head[-1].bias)
             return
         self.up2 = _up(t + nz, (t + nz) // 2, 2, cfg.upsample, cfg.up_norm)
         t2 = (t + nz) // 2
@@ -102,7 +113,7 @@ class Generator(nn.Module):
             h = torch.cat([h, canvas.to(h.dtype), tile(quantiles, h)], 1)
         h = self.blocks(torch.cat([h, tile(c, h), tile(z, h)], 1))
         if self.per_window:
-            return self.head(torch.cat([h, tile(z, h)], 1)).mean((2, 3, 4))
+            return self.head(torch.cat([h.mean((2, 3, 4)), quantiles.to(h.dtype), c, z], 1))
         h = self.up2(torch.cat([h, tile(z, h)], 1))
         h = self.up1(torch.cat([h, tile(z, h)], 1))
         h = self.head(torch.cat([h, tile(z, h)], 1))
