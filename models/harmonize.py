@@ -20,6 +20,11 @@ window (1.5 x the patch size, half overlap, smooth blend; :meth:`Disarm.translat
 its instance norms see statistics like those of training; a model trained on whole volumes
 sees the whole volume. Air beyond a few voxels from the head, which no training patch held, is
 the input's (:func:`head_weight`).
+
+Grids: an input on another grid of the model's template world (``space``, e.g. FSL's
+MNI152NLin6Asym grid for a model trained on nilearn's MNI152NLin2009aSym grid) is harmonized on
+the model's grid and resampled back; how its space or preprocessing differs from the model's is
+listed in ``ModelDomainWarnings`` (:mod:`models.domain`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from . import DEFAULT_MODEL_DIR
 from .checkpoint import CheckpointError, load_model, versions
 from .devices import DeviceError, resolve_device
 from .disarm import Disarm, autocast_for, one_hot, windows
+from .domain import Grid, ModelDomain, grid_warnings
 from .intensity import FIXED_OUTPUT_RANGE, denormalize, normalize, robust_range
 from .networks import NetworkConfig
 
@@ -74,34 +80,17 @@ def head_weight(x: np.ndarray, dilate: int = 6, sigma: float = 2.0) -> np.ndarra
     return np.clip(ndimage.gaussian_filter(head.astype(np.float32), sigma), 0.0, 1.0)
 
 
-def grid_warnings(img: nib.Nifti1Image, card: dict, tolerance: float = 0.2) -> list[str]:
-    """Sentences saying how ``img`` differs from the grid the model was trained on (voxel size
-    off by more than ``tolerance``, relative, on any axis); empty when it matches or when the
-    card does not record its grid (``training.grid``, written by disarm-train)."""
-    grid = (card.get("training") or {}).get("grid") or {}
-    trained = grid.get("voxel_size_mm")
-    if not trained:
-        return []
-    zooms = [float(z) for z in img.header.get_zooms()[:3]]
-    if all(abs(z - t) <= tolerance * t for z, t in zip(zooms, trained, strict=True)):
-        return []
-    fmt = "x".join
-    return [
-        f"the input has {fmt(f'{z:g}' for z in zooms)} mm voxels but the model was trained on "
-        f"{fmt(f'{t:g}' for t in trained)} mm images (its template grid): register the image "
-        "to that grid first (e.g. the desc-preproc output of disarm-pipeline)"
-    ]
-
-
 def inference_tile(card: dict) -> int | None:
     """Window size for :meth:`Disarm.translate`: 1.5 x the training patch size (rounded to
     the model's size factor), or ``None`` (whole volume) for models trained on whole volumes
-    or whose card does not say."""
+    or whose card does not say. Models with one curve per window use the patch size itself:
+    the window their curves were learned on."""
     patch = (card.get("training") or {}).get("patch_size")
     if not patch:
         return None
-    factor = NetworkConfig.from_dict(card["config"]).factor
-    return int(math.ceil(1.5 * int(patch) / factor) * factor)
+    cfg = NetworkConfig.from_dict(card["config"])
+    scale = 1.0 if cfg.output == "curves" and cfg.curve_grid == "window" else 1.5
+    return int(math.ceil(scale * int(patch) / cfg.factor) * cfg.factor)
 
 
 class Harmonizer:
@@ -179,8 +168,18 @@ class Harmonizer:
         reference: nib.Nifti1Image | None = None,
         seed: int = 0,
         intensity_scale: str = "fixed",
+        space: str | None = None,
+        preprocessing: dict | None = None,
     ) -> tuple[nib.Nifti1Image, dict]:
-        """-> (harmonized image, provenance metadata for a JSON sidecar)."""
+        """-> (harmonized image, provenance metadata for a JSON sidecar).
+
+        ``space`` is the input's template space (the ``space-`` entity of a desc-preproc file)
+        and ``preprocessing`` its sidecar's ``Preprocessing`` (``Backend``, ``BiasCorrection``);
+        the reference is taken to be in the same space. With them, an input on another grid of
+        the model's world is harmonized on the model's grid (``ResampledToModelGrid``), and
+        differences from the model's space and preprocessing are listed
+        (``ModelDomainWarnings``). Without them nothing is resampled.
+        """
         if mode not in MODES:
             raise HarmonizeError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if intensity_scale not in ("fixed", "input"):
@@ -192,6 +191,10 @@ class Harmonizer:
         if mode == "scanner-free" and target is not None:
             raise HarmonizeError("mode 'scanner-free' takes no target scanner")
         data = _volume(img, "input")
+        domain = ModelDomain.from_card(self.card)
+        moved = domain.resamples(img, space)
+        if moved:
+            source, data = data, domain.to_model_grid(data, Grid.of(img))
         torch.manual_seed(seed)
         clip = self.cfg.clip_max
         lo, hi = robust_range(data)
@@ -211,6 +214,8 @@ class Harmonizer:
             z_source = f"stored mean code of {target}"
         else:
             ref = _volume(reference, "reference")
+            if moved and not Grid.of(reference).same_as(domain.grid):
+                ref = domain.to_model_grid(ref, Grid.of(reference))
             rlo, rhi = robust_range(ref)
             with ac:
                 z = self.reference_code(normalize(ref, rlo, rhi, clip), c)
@@ -226,6 +231,8 @@ class Harmonizer:
         y = y[0, 0].float().cpu().numpy()
         y = w * y + (1 - w) * xn  # air far from the head: the input's (never seen in training)
         del xn, w, needed
+        if moved:
+            y = domain.from_model_grid(y, Grid.of(img), normalize(source, lo, hi, clip))
         out_lo, out_hi = FIXED_OUTPUT_RANGE if intensity_scale == "fixed" else (lo, hi)
         y = denormalize(y, out_lo, out_hi)
 
@@ -267,7 +274,11 @@ class Harmonizer:
         }
         if reference is not None:
             meta["reference_shape"] = list(reference.shape)
+        meta.update(domain.provenance(space, moved))
         warnings = grid_warnings(img, self.card)
         if warnings:
             meta["warnings"] = warnings
+        domain_warnings = domain.warnings(space, preprocessing)
+        if domain_warnings:
+            meta["ModelDomainWarnings"] = domain_warnings
         return out, meta

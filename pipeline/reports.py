@@ -348,7 +348,10 @@ def _image_section(item: ImageOutputs, output_dir: Path, figures: Path) -> str:
         harm = hmeta.get("Harmonization", {})
         parts.append(f"<h3>Harmonization: <code>desc-{html.escape(desc)}</code></h3>")
         keys = ("mode", "target", "model", "weights_sha256", "seed", "scanner_code_source")
+        keys += ("InputSpace", "ModelSpace", "ResampledToModelGrid")
         parts.append(html_table([(k, harm[k]) for k in keys if k in harm] or [("", "n/a")]))
+        for warning in harm.get("warnings", []) + harm.get("ModelDomainWarnings", []):
+            parts.append(f'<p class="note">Warning: {html.escape(str(warning))}</p>')
         after, _ = figs.canonical(nb.load(str(path)))
         if after.shape != head.shape:
             parts.append(f'<p class="note">{path.name} is not on the preprocessed grid.</p>')

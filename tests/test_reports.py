@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -53,6 +54,23 @@ def test_report_links_figures_that_exist(derivatives):
     assert "0" * 64 in text and "disarm-test" in text  # model provenance
     assert "<script" not in text
     assert "age" in text  # participants.tsv row
+
+
+def test_report_shows_the_model_domain_warnings(derivatives, tmp_path):
+    """A harmonized image resampled onto the model's grid, with a warning: both in the report."""
+    out_dir = tmp_path / "out"
+    shutil.copytree(derivatives[0], out_dir)
+    sidecar = next((out_dir / "sub-01").rglob("*_desc-harmonized_T1w.json"))
+    meta = json.loads(sidecar.read_text())
+    meta["Harmonization"].update(
+        ResampledToModelGrid=True,
+        ModelSpace="MNI152NLin2009aSym",
+        ModelDomainWarnings=["the input is in MNI152NLin6Asym <not the model's>"],
+    )
+    sidecar.write_text(json.dumps(meta))
+    text = generate_participant_report(out_dir, "01", derivatives[1]).read_text()
+    assert "ResampledToModelGrid" in text and "MNI152NLin2009aSym" in text
+    assert "Warning: the input is in MNI152NLin6Asym &lt;not the model&#x27;s&gt;" in text
 
 
 def test_rerun_gives_identical_files(derivatives):

@@ -31,9 +31,11 @@ def init_harmonize_wf(
     seed: int = 0,
     omp_nthreads: int = 1,
     mem_gb: float = 2.0,
+    space: str | None = None,
+    preprocessing: dict | None = None,
     name: str = "harmonize_wf",
 ) -> pe.Workflow:
-    """Harmonize a T1w image that is already on the model's MNI template grid.
+    """Harmonize a T1w image that is already on an MNI template grid.
 
     The image must be preprocessed as the model's training images were (reoriented,
     bias-corrected, affinely registered to the 1 mm MNI template): the ``t1w_preproc`` output of
@@ -49,6 +51,12 @@ def init_harmonize_wf(
     device
         ``auto``, ``cpu`` or ``cuda``. On CUDA the node is flagged as a GPU node, so that
         MultiProc's ``n_gpu_procs`` limits how many run at once.
+    space, preprocessing
+        the input's template space and preprocessing (``Backend``, ``BiasCorrection``). An
+        image on another grid of the model's template world (FSL's MNI152NLin6Asym for a model
+        trained on MNI152NLin2009aSym) is harmonized on the model's grid and resampled back;
+        differences from the model's space and preprocessing are warned about in the sidecar
+        (:mod:`models.domain`). ``None``: not compared, nothing resampled.
 
     Inputs (``inputnode``)
     ----------------------
@@ -90,6 +98,10 @@ def init_harmonize_wf(
         harmonize.inputs.target_scanner = target_scanner
     if model_dir:
         harmonize.inputs.model = str(model_dir)
+    if space:
+        harmonize.inputs.in_space = space
+    if preprocessing:
+        harmonize.inputs.in_preprocessing = preprocessing
     sha = model_sha256(model_dir)
     if sha:  # the weights' checksum enters the node's hash: a changed model is not a cache hit
         harmonize.inputs.model_sha256 = sha

@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="3D image whose scanner to imitate (mode reference)",
     )
     g.add_argument(
+        "--space",
+        default=None,
+        help="the input's template space (default: its space- entity); an image on another "
+        "MNI grid than the model's is harmonized on the model's grid and resampled back",
+    )
+    g.add_argument(
         "--intensity-scale",
         choices=["fixed", "input"],
         default="fixed",
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> Path:
 
     from models.checkpoint import CheckpointError
     from models.harmonize import HarmonizeError, Harmonizer
+    from pipeline.cli.train_inputs import preprocessing_of
 
     if not str(args.out_file).endswith((".nii", ".nii.gz")):
         raise UserError("out_file must end in .nii or .nii.gz", ExitCode.USAGE)
@@ -119,15 +126,17 @@ def run(args: argparse.Namespace) -> Path:
             "model): use --mode reference --reference IMAGE",
             ExitCode.USAGE,
         )
+    domain = preprocessing_of(args.in_file)  # space- entity, sidecar's Preprocessing
     try:
         out, meta = harmonizer.harmonize(
             img, mode=args.mode, target=args.target, reference=ref, seed=args.seed,
             intensity_scale=args.intensity_scale,
+            space=args.space or domain["template_space"], preprocessing=domain["preprocessing"],
         )  # fmt: skip
     except HarmonizeError as exc:
         raise UserError(str(exc), ExitCode.INVALID_BIDS) from None
     meta["Sources"] = [str(args.in_file)]
-    for warning in meta.get("warnings", []):
+    for warning in meta.get("warnings", []) + meta.get("ModelDomainWarnings", []):
         print(f"disarm-harmonize: warning: {warning}", file=sys.stderr)
 
     out_file = args.out_file

@@ -30,7 +30,14 @@ def resolve_device(device: str) -> str:
 
 
 class _DisarmHarmonizeInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="3D T1w image on the model's template grid")
+    in_file = File(exists=True, mandatory=True, desc="3D T1w image on a template grid")
+    in_space = traits.Str(
+        desc="in_file's template space: an image on another grid of the model's world (e.g. "
+        "FSL's MNI152NLin6Asym) is harmonized on the model's grid and resampled back"
+    )
+    in_preprocessing = traits.Dict(
+        desc="in_file's preprocessing (Backend, BiasCorrection), compared with the model's"
+    )
     model = traits.Directory(exists=True, desc="trained model folder (default: the shipped one)")
     mode = traits.Enum(
         "scanner-free",
@@ -99,8 +106,12 @@ class DisarmHarmonize(SimpleInterface):
             target=target,
             reference=reference,
             seed=self.inputs.seed,
+            space=self.inputs.in_space if isdefined(self.inputs.in_space) else None,
+            preprocessing=(
+                self.inputs.in_preprocessing if isdefined(self.inputs.in_preprocessing) else None
+            ),
         )
-        for warning in provenance.get("warnings", []):
+        for warning in provenance.get("warnings", []) + provenance.get("ModelDomainWarnings", []):
             _LOG.warning("DisarmHarmonize: %s", warning)
         provenance = {**provenance, "SoftwareVersions": software_versions(torch=True)}
         out_file = Path(runtime.cwd) / "harmonized_T1w.nii.gz"
