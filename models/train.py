@@ -143,21 +143,27 @@ def _scanner_info(images: list[TrainImage], scanners: list[str]) -> dict:
 
 
 def grid_summary(images: list[TrainImage]) -> dict:
-    """Voxel size (median per axis) and most common shape of the training images, so that
-    inference can tell when an image is not on the grid the model learned."""
+    """Voxel size (median per axis), most common shape and its (first image's) affine of the
+    training images, so that inference can tell when an image is not on the grid the model
+    learned and resample one from another grid of its template world onto it
+    (:mod:`models.domain`)."""
     import nibabel as nib
 
     zooms, shapes = [], {}
     for path in sorted({im.path for im in images}):
-        hdr = nib.load(path).header
-        zooms.append([float(z) for z in hdr.get_zooms()[:3]])
-        shape = tuple(int(n) for n in hdr.get_data_shape()[:3])
-        shapes[shape] = shapes.get(shape, 0) + 1
+        img = nib.load(path)
+        zooms.append([float(z) for z in img.header.get_zooms()[:3]])
+        shape = tuple(int(n) for n in img.shape[:3])
+        if shape not in shapes:
+            shapes[shape] = [0, img.affine]
+        shapes[shape][0] += 1
     if not zooms:
         return {}
+    shape = max(shapes, key=lambda k: shapes[k][0])
     return {
         "voxel_size_mm": [round(float(v), 4) for v in np.median(zooms, axis=0)],
-        "shape": list(max(shapes, key=shapes.get)),
+        "shape": list(shape),
+        "affine": np.round(shapes[shape][1], 6).tolist(),
     }
 
 

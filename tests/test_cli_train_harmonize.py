@@ -65,7 +65,12 @@ def test_train_bids_resume_and_harmonize(derivatives, tmp_path, capsys):
     assert card["training"]["steps"] == 2 and card["training"]["seed"] == 0
     assert card["training"]["travelling_heads"] is False  # real scanners never pair
     assert card["training"]["data"]["images_per_scanner"] == {"Achieva": 2, "Prisma": 2}
-    assert card["training"]["grid"] == {"voxel_size_mm": [1.0, 1.0, 1.0], "shape": list(SHAPE)}
+    assert card["training"]["grid"] == {
+        "voxel_size_mm": [1.0, 1.0, 1.0],
+        "shape": list(SHAPE),
+        "affine": np.diag([-1.0, 1.0, 1.0, 1.0]).tolist(),
+    }
+    assert card["training"]["data"]["template_space"] == "MNI152NLin6Asym"
     assert json.loads((out / "latest.json").read_text())["step"] == 2
     assert len((out / "losses.tsv").read_text().splitlines()) == 3  # header + 2 steps
 
@@ -128,6 +133,22 @@ def test_train_bids_resume_and_harmonize(derivatives, tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.zeros((*SHAPE, 2), np.float32), np.eye(4)), four)
     assert cli_harmonize.main([str(four), str(dst), "--model", str(out / "model")]) == 16
     assert "3D" in capsys.readouterr().err
+
+
+def test_card_preprocessing_names_the_bias_correction(tmp_path):
+    """What the model card records of its training images: the space- entity and the
+    sidecar's Preprocessing, with the bias correction (the backend's for older sidecars)."""
+    from pipeline.cli.train_inputs import preprocessing_of
+
+    image = tmp_path / "sub-01_space-MNI152NLin6Asym_desc-preproc_T1w.nii.gz"
+    sidecar = tmp_path / "sub-01_space-MNI152NLin6Asym_desc-preproc_T1w.json"
+    sidecar.write_text(json.dumps({"Preprocessing": {"Backend": "fsl", "AlignmentNCC": 0.9}}))
+    assert preprocessing_of(image) == {
+        "template_space": "MNI152NLin6Asym",
+        "preprocessing": {"Backend": "fsl", "BiasCorrection": "FAST"},
+    }
+    sidecar.unlink()
+    assert preprocessing_of(image)["preprocessing"] == {}
 
 
 def meta_name(path: Path) -> str:

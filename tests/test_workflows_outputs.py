@@ -29,4 +29,5 @@ def test_preproc_sidecar_records_the_source_voxel_size(tmp_path):
     t1w = T1wInput(path=path, relpath="sub-01/anat/sub-01_T1w.nii.gz", entities={"subject": "01"})
     prep = preproc_metadata(t1w, "ants", "MNI152NLin2009aSym", "nilearn", 1.0)["Preprocessing"]
     assert prep["SourceVoxelSizeMM"] == [0.45, 0.45, 6.0]
+    assert (prep["Backend"], prep["BiasCorrection"]) == ("ants", "N4")  # compared with the card
     assert "k 6 mm" in prep["SourceResolutionNote"]

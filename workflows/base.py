@@ -88,7 +88,7 @@ def init_single_t1w_wf(config: Config, t1w: T1wInput, template) -> pe.Workflow:
         return workflow
 
     from workflows.harmonize import init_harmonize_wf
-    from workflows.outputs import harmonized_desc, init_ds_harmonized_wf
+    from workflows.outputs import harmonized_desc, init_ds_harmonized_wf, preprocessing_summary
 
     native = "T1w" in config.output_spaces
     harmonize_wf = init_harmonize_wf(
@@ -98,6 +98,8 @@ def init_single_t1w_wf(config: Config, t1w: T1wInput, template) -> pe.Workflow:
         device=config.device,
         seed=config.seed,
         omp_nthreads=config.omp_nthreads,
+        space=template.space,
+        preprocessing=preprocessing_summary(config.backend, template.space, template.source),
     )
     ds_harmonized_wf = init_ds_harmonized_wf(
         output_dir=config.output_dir,

@@ -8,6 +8,7 @@ from typing import Any
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from models.domain import BIAS_CORRECTION
 from pipeline.bids import T1wInput
 from pipeline.interfaces.bids import DerivativesDataSink
 from pipeline.provenance import software_versions
@@ -69,6 +70,19 @@ def fine_source_note(voxel: list[float], resolution: float) -> str | None:
     )
 
 
+def preprocessing_summary(backend: str, space: str, template_source: str) -> dict:
+    """What the preprocessing did, the same for every image of a run: backend, bias
+    correction, steps and template (the sidecar's ``Preprocessing``; what DISARM compares with
+    its model card)."""
+    return {
+        "Backend": backend,
+        "BiasCorrection": BIAS_CORRECTION[backend],
+        "Steps": PREPROC_STEPS[backend],
+        "Template": space,
+        "TemplateSource": template_source,
+    }
+
+
 def preproc_metadata(
     t1w: T1wInput, backend: str, space: str, template_source: str, resolution: float = 1.0
 ) -> dict:
@@ -82,10 +96,7 @@ def preproc_metadata(
         "SkullStripped": False,
         **t1w.scanner_metadata,
         "Preprocessing": {
-            "Backend": backend,
-            "Steps": PREPROC_STEPS[backend],
-            "Template": space,
-            "TemplateSource": template_source,
+            **preprocessing_summary(backend, space, template_source),
             "SourceVoxelSizeMM": voxel,
             **({"SourceResolutionNote": note} if note else {}),
         },

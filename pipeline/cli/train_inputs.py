@@ -84,8 +84,13 @@ def preprocessing_of(first: Path) -> dict:
         prep = json.loads(sidecar.read_text()).get("Preprocessing") or {}
     except (OSError, ValueError):
         prep = {}
-    keep = ("Backend", "Template", "TemplateSource", "Steps")
-    return {"template_space": space, "preprocessing": {k: prep[k] for k in keep if k in prep}}
+    from models.domain import bias_correction
+
+    keep = ("Backend", "BiasCorrection", "Template", "TemplateSource", "Steps")
+    kept = {k: prep[k] for k in keep if k in prep}
+    if bias_correction(kept):  # sidecars written before BiasCorrection: the backend's
+        kept["BiasCorrection"] = bias_correction(kept)
+    return {"template_space": space, "preprocessing": kept}
 
 
 def simulator_brain_mask(spec: str, first: Path) -> str | None:
