@@ -198,3 +198,19 @@ def test_resample_is_linear_in_world_coordinates():
     reached = back != -7.0
     assert reached.any() and (~reached).any()
     np.testing.assert_allclose(back[reached], ramp(src)[reached], atol=1e-3)
+
+
+def test_shipped_model_card_names_its_domain():
+    """The default model: ants-preprocessed (N4) heads on nilearn's 1 mm MNI152NLin2009aSym
+    grid; its weights still match the card's sha256."""
+    from models import DEFAULT_MODEL_DIR
+    from models.checkpoint import read_card, sha256_file
+
+    card = read_card(DEFAULT_MODEL_DIR)
+    domain = ModelDomain.from_card(card)
+    assert domain.space == MODEL_SPACE and domain.grid.same_as(NILEARN)
+    assert (domain.preprocessing["Backend"], domain.preprocessing["BiasCorrection"]) == (
+        "ants",
+        "N4",
+    )
+    assert sha256_file(DEFAULT_MODEL_DIR / "model.safetensors") == card["weights_sha256"]
