@@ -1,0 +1,1 @@
+"""The pieces of ``benchmarks/bench_quality.py`` (its docstring describes the benchmark)."""

@@ -1,0 +1,67 @@
+"""The harmonization methods compared: baselines and DISARM, one callable each."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .common import MethodFn, Volume
+
+
+def build_methods(
+    names: list[str],
+    reference: Volume,
+    population: list[Volume],
+    ref_mask: np.ndarray,
+    harmonizer,
+    target: str | None,
+    affine: np.ndarray,
+) -> dict[str, MethodFn]:
+    """One callable per method; the population methods are fitted here, once."""
+    import nibabel as nib
+    from intensity_normalization import NyulNormalizer, WhiteStripeNormalizer, ZScoreNormalizer
+    from intensity_normalization.adapters.images import NumpyImageAdapter as Adapter
+    from skimage.exposure import match_histograms
+
+    def mask_image(mask: np.ndarray) -> Adapter:
+        return Adapter(mask.astype(np.float32))
+
+    def zscore(x: Volume, mask: np.ndarray) -> Volume:
+        norm, m = ZScoreNormalizer(), mask_image(mask)
+        return norm.fit_transform(Adapter(x), m).get_data()
+
+    def whitestripe(x: Volume, mask: np.ndarray) -> Volume:
+        norm, m = WhiteStripeNormalizer(), mask_image(mask)
+        return norm.fit_transform(Adapter(x), m).get_data()
+
+    nyul_norm = None
+    if "nyul" in names:
+        nyul_norm = NyulNormalizer()
+        nyul_norm.fit_population(
+            [Adapter(v) for v in population], [mask_image(ref_mask)] * len(population)
+        )
+
+    def nyul(x: Volume, mask: np.ndarray) -> Volume:
+        return nyul_norm.transform(Adapter(x), mask_image(mask)).get_data()
+
+    def histmatch(x: Volume, mask: np.ndarray) -> Volume:
+        return match_histograms(x, reference)
+
+    def disarm(mode: str) -> MethodFn:
+        def run(x: Volume, mask: np.ndarray) -> Volume:
+            out, _ = harmonizer.harmonize(
+                nib.Nifti1Image(x, affine), mode=mode, target=target if mode == "target" else None
+            )
+            return np.asarray(out.dataobj, dtype=np.float32)
+
+        return run
+
+    table: dict[str, MethodFn] = {
+        "none": lambda x, mask: x,
+        "zscore": zscore,
+        "histmatch": histmatch,
+        "nyul": nyul,
+        "whitestripe": whitestripe,
+        "disarm-free": disarm("scanner-free"),
+        "disarm-target": disarm("target"),
+    }
+    return {n: table[n] for n in names}
