@@ -103,3 +103,11 @@ def test_cached_ssim_is_skimages_ssim_map_inside_the_mask():
     assert bq.masked_ssim(a, b, mask) == pytest.approx(float(smap[mask].mean()), abs=1e-5)
     assert bq.masked_ssim(a, a, mask) == pytest.approx(1.0, abs=1e-6)
     assert bq.masked_ssim(a, b, mask) < 0.99
+
+
+def test_heads_are_at_least_two_and_unique():
+    """One explicit head fails in one line (scanner accuracy is cross-validated across heads);
+    a repeated label counts once."""
+    with pytest.raises(bq.BenchError, match="at least 2 heads"):
+        bq.choose_heads(["IXI1", "IXI2"], 6, ["IXI1", "IXI1"], [])
+    assert bq.choose_heads(["IXI1", "IXI2"], 6, ["IXI2", "IXI1", "IXI2"], []) == ["IXI2", "IXI1"]

@@ -61,7 +61,10 @@ def choose_heads(
         missing = [x for x in explicit if x not in labels]
         if missing:
             raise BenchError(f"participant(s) not found: {', '.join(missing)}")
-        return list(explicit)
+        if len(set(explicit)) < 2:
+            # scanner accuracy is cross-validated across heads: one head has no fold
+            raise BenchError("need at least 2 heads (--participant-label gives one)")
+        return list(dict.fromkeys(explicit))
     chosen = [x for x in labels if x not in set(exclude)][:n_heads]
     if len(chosen) < 2:
         raise BenchError(
