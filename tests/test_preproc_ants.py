@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nb
@@ -216,3 +217,91 @@ def test_ants_preproc_real_heads(template, tmp_path, parts):
     raw = _shared_head(*parts)
     out = run_preproc(raw, template, tmp_path / "work")
     check_outputs(out, template, raw)
+
+
+def test_n4_records_the_thread_count_that_computed_it(tmp_path):
+    """N4's output changes in its last bits with the ITK thread count, so the node reports
+    its count; the count is not hashed, so a rerun with another count is a cache hit that
+    still reports the first count (the one that made the file)."""
+    from conftest import blob
+
+    from pipeline.interfaces.ants import N4BiasCorrection
+
+    nb.Nifti1Image(blob((24, 26, 22)) + 10, np.diag([3.0, 3, 3, 1])).to_filename(
+        tmp_path / "head.nii.gz"
+    )
+    node = pe.Node(
+        N4BiasCorrection(in_file=str(tmp_path / "head.nii.gz"), num_threads=1),
+        name="n4",
+        base_dir=str(tmp_path / "work"),
+    )
+    assert node.run().outputs.num_threads == 1
+    result = next((tmp_path / "work" / "n4").glob("result_*.pklz"))
+    stamp = result.stat().st_mtime_ns
+    node.inputs.num_threads = 2
+    assert node.run().outputs.num_threads == 1
+    assert result.stat().st_mtime_ns == stamp  # cached, not recomputed
+
+
+def test_ants_workflow_passes_the_nodes_thread_counts(template):
+    wf = init_preproc_wf(backend="ants", template=template, omp_nthreads=3)
+    edges = {(u.name, v.name): data["connect"] for u, v, data in wf._graph.edges(data=True)}
+    assert edges[("n4", "thread_counts")] == [("num_threads", "n4")]
+    assert edges[("affine", "thread_counts")] == [("num_threads", "registration")]
+    assert edges[("thread_counts", "outputnode")] == [("num_threads", "num_threads")]
+    from workflows.preproc import _thread_counts
+
+    assert _thread_counts(3, 3) == {"N4": 3, "Registration": 3}
+    assert _thread_counts(n4=2) == {"N4": 2}  # a result cached by an older version: left out
+
+
+_BY_THREADS = """
+import sys
+from pathlib import Path
+from pipeline.ants_tools import apply_inverse_affine, itk_threads, n4_bias_correct
+n, d = int(sys.argv[1]), Path(sys.argv[2])
+with itk_threads(n):
+    n4_bias_correct(d / "head.nii.gz", d / f"n4_{n}.nii.gz", d / f"bias_{n}.nii.gz")
+    native = d / f"native_{n}.nii.gz"
+    apply_inverse_affine(d / "tpl.nii.gz", d / "xfm.txt", d / "head.nii.gz", native)
+"""
+
+
+def test_thread_count_changes_n4_but_not_the_inverse_affine(tmp_path):
+    """ITK reads its thread count once per process: one fresh process per count. N4's
+    multi-threaded sums round differently with 1 and 2 threads (so its count is recorded);
+    resampling sums nothing across threads: identical (docs/preprocessing.md, Threads)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, blob
+
+    affine = np.diag([3.0, 3, 3, 1])
+    ramp = np.linspace(0.7, 1.3, 40, dtype=np.float32)[:, None, None]  # a bias to correct
+    nb.Nifti1Image(blob((40, 44, 36)) * ramp + 10, affine).to_filename(tmp_path / "head.nii.gz")
+    nb.Nifti1Image(blob((36, 40, 34), seed=1), affine).to_filename(tmp_path / "tpl.nii.gz")
+    (tmp_path / "xfm.txt").write_text(
+        "#Insight Transform File V1.0\n#Transform 0\n"
+        "Transform: AffineTransform_double_3_3\n"
+        "Parameters: 0.98 0.05 -0.02 -0.04 1.03 0.06 0.03 -0.05 0.97 2.5 -3.2 1.7\n"
+        "FixedParameters: 1.5 -2.0 3.0\n"
+    )
+    for n in (1, 2):
+        subprocess.run(
+            [sys.executable, "-c", _BY_THREADS, str(n), str(tmp_path)],
+            check=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=120,
+        )
+
+    def data(name):
+        return np.asanyarray(nb.load(tmp_path / name).dataobj)
+
+    # the control: the two processes did run with different counts
+    assert not np.array_equal(data("n4_1.nii.gz"), data("n4_2.nii.gz")), (
+        "N4 gave the same output with 1 and 2 ITK threads: if ITK made it deterministic, "
+        "update docs/preprocessing.md (Threads) and the NumThreads sidecar entries"
+    )
+    assert data("native_1.nii.gz").std() > 0
+    assert np.array_equal(data("native_1.nii.gz"), data("native_2.nii.gz"))

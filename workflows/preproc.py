@@ -16,6 +16,7 @@ OUTPUT_FIELDS = [
     "t1w_reoriented",
     "alignment_ncc",
     "template_space",
+    "num_threads",
 ]
 
 
@@ -67,6 +68,11 @@ def init_preproc_wf(
         Float, :func:`pipeline.qc.alignment_ncc` of ``t1w_preproc`` (> 0.8 is a good fit).
     template_space
         BIDS space label of ``template`` (e.g. ``MNI152NLin6Asym``).
+    num_threads
+        ants: ``{"N4": n, "Registration": m}``, the ITK threads N4 and the registration ran
+        with (their results change in the last bits with it; from the nodes' results, so a
+        cached rerun with another ``omp_nthreads`` reports the count that made the outputs).
+        fsl: ``{}`` (FAST and FLIRT take no thread count).
     """
     from pipeline.interfaces.qc import AlignmentQuality
 
@@ -83,10 +89,18 @@ def init_preproc_wf(
     )
     if backend == "fsl":
         _connect_fsl(workflow, inputnode, outputnode, quality, template)
+        outputnode.inputs.num_threads = {}
     else:
         _connect_ants(workflow, inputnode, outputnode, quality, template, omp_nthreads)
     workflow.connect(quality, "ncc", outputnode, "alignment_ncc")
     return workflow
+
+
+def _thread_counts(n4=None, registration=None):
+    """The ITK thread counts of the nodes whose results depend on them (an undefined count,
+    from a result cached by an older version, is left out)."""
+    counts = {"N4": n4, "Registration": registration}
+    return {step: int(n) for step, n in counts.items() if n is not None}
 
 
 def _first(in_list):
@@ -163,6 +177,14 @@ def _connect_ants(
         n_procs=omp_nthreads,
         mem_gb=2,
     )
+    threads = pe.Node(
+        niu.Function(
+            function=_thread_counts,
+            input_names=["n4", "registration"],
+            output_names=["num_threads"],
+        ),
+        name="thread_counts",
+    )
     # fmt: off
     workflow.connect([
         (inputnode, reorient, [("in_file", "in_file")]),
@@ -176,5 +198,8 @@ def _connect_ants(
         (affine, outputnode, [("out_file", "t1w_preproc"),
                               ("out_xfm", "xfm"),
                               ("out_xfm", "xfm_reoriented")]),
+        (n4, threads, [("num_threads", "n4")]),
+        (affine, threads, [("num_threads", "registration")]),
+        (threads, outputnode, [("num_threads", "num_threads")]),
     ])
     # fmt: on

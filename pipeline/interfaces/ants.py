@@ -55,6 +55,12 @@ class _ThreadsInputSpec(BaseInterfaceInputSpec):
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads")
 
 
+def _num_threads_output():
+    # N4's and the registration's results change in their last bits with the ITK thread count
+    # (multi-threaded sums); an output, so a cached result keeps the count that computed it
+    return traits.Int(desc="ITK threads this node computed its outputs with")
+
+
 class _Reorient2StdInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="raw 3D T1w image")
 
@@ -82,6 +88,7 @@ class _N4InputSpec(_ThreadsInputSpec):
 class _N4OutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="bias-corrected head (float32)")
     bias_field = File(exists=True, desc="estimated multiplicative bias field (> 0)")
+    num_threads = _num_threads_output()
 
 
 class N4BiasCorrection(SimpleInterface):
@@ -97,6 +104,7 @@ class N4BiasCorrection(SimpleInterface):
             n4_bias_correct(self.inputs.in_file, out, bias)
         self._results["out_file"] = str(out)
         self._results["bias_field"] = str(bias)
+        self._results["num_threads"] = max(1, self.inputs.num_threads)
         return runtime
 
 
@@ -136,6 +144,7 @@ class _AffineToTemplateInputSpec(_ThreadsInputSpec):
 class _AffineToTemplateOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="head resampled on the template grid (float32)")
     out_xfm = File(exists=True, desc="ITK affine, text format (.txt)")
+    num_threads = _num_threads_output()
 
 
 class AffineToTemplate(SimpleInterface):
@@ -159,6 +168,7 @@ class AffineToTemplate(SimpleInterface):
             )
         self._results["out_file"] = str(out)
         self._results["out_xfm"] = str(xfm)
+        self._results["num_threads"] = max(1, self.inputs.num_threads)
         return runtime
 
 
