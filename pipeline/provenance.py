@@ -10,6 +10,17 @@ from pathlib import Path
 
 from pipeline import __version__
 
+#: Why a sidecar records thread counts: outputs that change in their last bits with them.
+ITK_THREADS_NOTE = (
+    "ITK threads of these steps: their multi-threaded sums round differently with another "
+    "thread count, so the output is reproduced bit for bit only with the same counts (the "
+    "same count gives the same output on every run)."
+)
+TORCH_THREADS_NOTE = (
+    "torch CPU threads: another count changes the image in its last bits (float rounding of "
+    "multi-threaded sums); the same count gives the same image on every run."
+)
+
 
 def _package_version(name: str) -> str | None:
     try:

@@ -95,6 +95,7 @@ def test_train_bids_resume_and_harmonize(derivatives, tmp_path, capsys):
     meta = json.loads(dst.with_name("sub-01_desc-harmonized_T1w.json").read_text())
     assert meta["mode"] == "target" and meta["target"] == "Prisma"
     assert meta["weights_sha256"] == read_card(out / "model")["weights_sha256"]
+    assert meta["NumThreads"] == 1  # --nthreads 1: the image's last bits depend on it
     assert sorted(p.name for p in dst.parent.iterdir()) == sorted([dst.name, meta_name(dst)])
     assert "warnings" not in meta and "warning" not in capsys.readouterr().err
 

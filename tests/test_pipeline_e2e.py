@@ -98,6 +98,15 @@ def test_sidecars_carry_provenance(demo_run, demo_bids, tiny_model):
     assert preproc["ManufacturersModelName"] == raw["ManufacturersModelName"]
     assert preproc["Preprocessing"]["AlignmentNCC"] > 0.8
     assert preproc["PipelineVersions"]["antspyx"]
+    # --omp-nthreads 1: the ITK threads N4 and the registration ran with (their output
+    # depends on it), in the sidecars of the files they made
+    assert preproc["Preprocessing"]["NumThreads"] == {"N4": 1, "Registration": 1}
+    assert "bit for bit" in preproc["Preprocessing"]["NumThreadsNote"]
+    stem = f"sub-02_from-T1w_to-{SPACE}_mode-image_xfm"
+    xfm = json.loads((anat / f"{stem}.json").read_text())
+    assert xfm["NumThreads"] == {"N4": 1, "Registration": 1}
+    bias = json.loads((anat / "sub-02_desc-biasfield_T1w.json").read_text())
+    assert bias["NumThreads"] == {"N4": 1}
     # the 3 mm demo source on the 2 mm grid: its voxel size, and a note that detail there is
     # interpolated
     assert preproc["Preprocessing"]["SourceVoxelSizeMM"] == pytest.approx([3.0, 3.0, 3.0])
@@ -110,6 +119,7 @@ def test_sidecars_carry_provenance(demo_run, demo_bids, tiny_model):
     assert harmonized["Harmonization"]["weights_sha256"] == card["weights_sha256"]
     assert harmonized["Harmonization"]["mode"] == "scanner-free"
     assert harmonized["Harmonization"]["seed"] == 0
+    assert harmonized["Harmonization"]["NumThreads"] == 1
     assert harmonized["PipelineVersions"]["torch"]
 
 
@@ -180,6 +190,14 @@ def test_rerun_reuses_cache_and_is_identical(demo_run, demo_bids, tiny_model):
     assert _digests(root / "out") == before
     after = _results(root / "work")
     assert {k: after[k] for k in computed} == computed
+    # the sidecars still give the thread count that computed the outputs, not this run's
+    anat = root / "out" / "sub-01" / "anat"
+    preproc = json.loads((anat / f"sub-01_space-{SPACE}_res-2_desc-preproc_T1w.json").read_text())
+    assert preproc["Preprocessing"]["NumThreads"] == {"N4": 1, "Registration": 1}
+    harmonized = json.loads(
+        (anat / f"sub-01_space-{SPACE}_res-2_desc-harmonized_T1w.json").read_text()
+    )
+    assert harmonized["Harmonization"]["NumThreads"] == 1
 
 
 def test_progress_names_each_node_and_counts_images(demo_run):

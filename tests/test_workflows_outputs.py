@@ -31,3 +31,26 @@ def test_preproc_sidecar_records_the_source_voxel_size(tmp_path):
     assert prep["SourceVoxelSizeMM"] == [0.45, 0.45, 6.0]
     assert (prep["Backend"], prep["BiasCorrection"]) == ("ants", "N4")  # compared with the card
     assert "k 6 mm" in prep["SourceResolutionNote"]
+
+
+def test_thread_counts_go_where_the_sidecar_describes_the_computation():
+    from workflows.outputs import _with_threads
+
+    counts = {"N4": 2, "Registration": 2}
+    preproc = _with_threads(
+        {"Preprocessing": {"Backend": "ants"}}, counts, note="why", alignment_ncc=0.85
+    )
+    assert preproc["Preprocessing"] == {
+        "Backend": "ants",
+        "AlignmentNCC": 0.85,
+        "NumThreads": counts,
+        "NumThreadsNote": "why",
+    }
+    # the bias field: made by N4 alone
+    assert _with_threads({"Sources": []}, counts, steps=["N4"], note="why") == {
+        "Sources": [],
+        "NumThreads": {"N4": 2},
+        "NumThreadsNote": "why",
+    }
+    # fsl (no thread count) or a result cached by an older version: nothing recorded
+    assert _with_threads({"Sources": []}, {}, note="why") == {"Sources": []}

@@ -11,7 +11,7 @@ from nipype.pipeline import engine as pe
 from models.domain import BIAS_CORRECTION
 from pipeline.bids import T1wInput
 from pipeline.interfaces.bids import DerivativesDataSink
-from pipeline.provenance import software_versions
+from pipeline.provenance import ITK_THREADS_NOTE, software_versions
 
 #: What each backend did, for the sidecars (the flags are those of METHOD.md for fsl).
 PREPROC_STEPS = {
@@ -32,9 +32,24 @@ PREPROC_STEPS = {
 XFM_FORMAT = {"fsl": "FSL FLIRT 4x4 matrix (.mat)", "ants": "ITK affine transform, text (.txt)"}
 
 
-def _with_ncc(metadata: dict, alignment_ncc: float) -> dict:
+def _with_threads(
+    metadata: dict,
+    num_threads: dict | None = None,
+    steps: list | None = None,
+    note: str = "",
+    alignment_ncc: float | None = None,
+) -> dict:
+    """``metadata`` with the thread counts of the ``steps`` that made its file (``NumThreads``)
+    and the ``AlignmentNCC`` when given: in its ``Preprocessing`` when it has one."""
     metadata = dict(metadata)
-    metadata["Preprocessing"] = {**metadata["Preprocessing"], "AlignmentNCC": alignment_ncc}
+    extra: dict = {} if alignment_ncc is None else {"AlignmentNCC": alignment_ncc}
+    counts = {k: v for k, v in (num_threads or {}).items() if steps is None or k in steps}
+    if counts:
+        extra.update(NumThreads=counts, NumThreadsNote=note)
+    if "Preprocessing" in metadata:
+        metadata["Preprocessing"] = {**metadata["Preprocessing"], **extra}
+    else:
+        metadata.update(extra)
     return metadata
 
 
@@ -130,6 +145,9 @@ def init_ds_preproc_wf(
         estimated bias field
     alignment_ncc
         registration quality (NCC to the template inside its brain mask)
+    num_threads
+        thread counts of the steps that made the outputs (``init_preproc_wf``'s
+        ``num_threads``): ``NumThreads`` in the preproc, xfm and bias-field sidecars
 
     Outputs (``outputnode``)
     ------------------------
@@ -138,7 +156,9 @@ def init_ds_preproc_wf(
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["t1w_preproc", "xfm", "bias_field", "alignment_ncc"]),
+        niu.IdentityInterface(
+            fields=["t1w_preproc", "xfm", "bias_field", "alignment_ncc", "num_threads"]
+        ),
         name="inputnode",
     )
     outputnode = pe.Node(
@@ -151,16 +171,44 @@ def init_ds_preproc_wf(
     res = str(resolution) if resolution != 1 else None
     sources = [f"bids:raw:{t1w.relpath}"]
 
-    add_ncc = pe.Node(
-        niu.Function(
-            function=_with_ncc,
-            input_names=["metadata", "alignment_ncc"],
-            output_names=["metadata"],
-        ),
-        name="add_ncc",
+    def _metadata_node(node_name: str, metadata: dict, steps: list | None) -> pe.Node:
+        node = pe.Node(
+            niu.Function(
+                function=_with_threads,
+                input_names=["metadata", "num_threads", "steps", "note", "alignment_ncc"],
+                output_names=["metadata"],
+            ),
+            name=node_name,
+        )
+        node.inputs.metadata = metadata
+        node.inputs.note = ITK_THREADS_NOTE
+        if steps is not None:
+            node.inputs.steps = steps
+        return node
+
+    preproc_meta = _metadata_node(
+        "preproc_metadata",
+        preproc_metadata(t1w, backend, space, template_source, float(resolution)),
+        None,
     )
-    add_ncc.inputs.metadata = preproc_metadata(
-        t1w, backend, space, template_source, float(resolution)
+    xfm_meta = _metadata_node(
+        "xfm_metadata",
+        {
+            "Sources": sources,
+            "Format": XFM_FORMAT[backend],
+            "Software": "FLIRT" if backend == "fsl" else "ANTs (antspyx)",
+        },
+        None,
+    )
+    bias_meta = _metadata_node(
+        "bias_field_metadata",
+        {
+            "Sources": sources,
+            "SkullStripped": False,
+            "Description": "Estimated multiplicative bias field of the input, in its reoriented "
+            "space",
+        },
+        ["N4"],  # made by N4 alone
     )
     ds_preproc = pe.Node(
         DerivativesDataSink(space=space, desc="preproc", suffix="T1w", **base),
@@ -177,11 +225,6 @@ def init_ds_preproc_wf(
             suffix="xfm",
             **base,
             extension=".mat" if backend == "fsl" else ".txt",
-            metadata={
-                "Sources": sources,
-                "Format": XFM_FORMAT[backend],
-                "Software": "FLIRT" if backend == "fsl" else "ANTs (antspyx)",
-            },
         ),
         name="ds_xfm",
         run_without_submitting=True,
@@ -191,20 +234,19 @@ def init_ds_preproc_wf(
             desc="biasfield",
             suffix="T1w",
             **base,
-            metadata={
-                "Sources": sources,
-                "SkullStripped": False,
-                "Description": "Estimated multiplicative bias field "
-                "of the input, in its reoriented space",
-            },
         ),
         name="ds_bias_field",
         run_without_submitting=True,
     )
     # fmt: off
     workflow.connect([
-        (inputnode, add_ncc, [("alignment_ncc", "alignment_ncc")]),
-        (add_ncc, ds_preproc, [("metadata", "metadata")]),
+        (inputnode, preproc_meta, [("alignment_ncc", "alignment_ncc"),
+                                   ("num_threads", "num_threads")]),
+        (inputnode, xfm_meta, [("num_threads", "num_threads")]),
+        (inputnode, bias_meta, [("num_threads", "num_threads")]),
+        (preproc_meta, ds_preproc, [("metadata", "metadata")]),
+        (xfm_meta, ds_xfm, [("metadata", "metadata")]),
+        (bias_meta, ds_bias, [("metadata", "metadata")]),
         (inputnode, ds_preproc, [("t1w_preproc", "in_file")]),
         (inputnode, ds_xfm, [("xfm", "in_file")]),
         (inputnode, ds_bias, [("bias_field", "in_file")]),

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> Path:
     from models.checkpoint import CheckpointError
     from models.harmonize import HarmonizeError, Harmonizer
     from pipeline.cli.train_inputs import preprocessing_of
+    from pipeline.provenance import TORCH_THREADS_NOTE
 
     if not str(args.out_file).endswith((".nii", ".nii.gz")):
         raise UserError("out_file must end in .nii or .nii.gz", ExitCode.USAGE)
@@ -136,6 +137,8 @@ def run(args: argparse.Namespace) -> Path:
     except HarmonizeError as exc:
         raise UserError(str(exc), ExitCode.INVALID_BIDS) from None
     meta["Sources"] = [str(args.in_file)]
+    meta["NumThreads"] = torch.get_num_threads()  # the image's last bits depend on it
+    meta["NumThreadsNote"] = TORCH_THREADS_NOTE
     for warning in meta.get("warnings", []) + meta.get("ModelDomainWarnings", []):
         print(f"disarm-harmonize: warning: {warning}", file=sys.stderr)
 

@@ -15,7 +15,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from pipeline.provenance import software_versions
+from pipeline.provenance import TORCH_THREADS_NOTE, software_versions
 
 _LOG = logging.getLogger("nipype.interface")
 
@@ -53,8 +53,9 @@ class _DisarmHarmonizeInputSpec(BaseInterfaceInputSpec):
     )
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="where the network runs")
     # not hashed: inference draws nothing at random (the seed is only recorded), and a thread
-    # count changes float summation order, not the model's answer; a rerun with another
-    # --omp-nthreads reuses the cache instead of recomputing every image
+    # count changes float summation order (the last bits), not the model's answer; a rerun
+    # with another --omp-nthreads reuses the cache instead of recomputing every image (the
+    # sidecar's NumThreads is the count that computed it)
     seed = traits.Int(0, usedefault=True, nohash=True, desc="random seed (recorded)")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="torch CPU threads")
     # Nipype's MultiProc counts nodes with a true ``use_gpu`` against ``n_gpu_procs``.
@@ -113,7 +114,13 @@ class DisarmHarmonize(SimpleInterface):
         )
         for warning in provenance.get("warnings", []) + provenance.get("ModelDomainWarnings", []):
             _LOG.warning("DisarmHarmonize: %s", warning)
-        provenance = {**provenance, "SoftwareVersions": software_versions(torch=True)}
+        provenance = {
+            **provenance,
+            # recorded from this run (the input is not hashed): a cached result keeps its count
+            "NumThreads": torch.get_num_threads(),
+            "NumThreadsNote": TORCH_THREADS_NOTE,
+            "SoftwareVersions": software_versions(torch=True),
+        }
         out_file = Path(runtime.cwd) / "harmonized_T1w.nii.gz"
         nb.save(out_img, str(out_file))
         out_json = out_file.with_suffix("").with_suffix(".json")
