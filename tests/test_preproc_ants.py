@@ -305,3 +305,32 @@ def test_thread_count_changes_n4_but_not_the_inverse_affine(tmp_path):
     )
     assert data("native_1.nii.gz").std() > 0
     assert np.array_equal(data("native_1.nii.gz"), data("native_2.nii.gz"))
+
+
+def test_n4_recovers_a_known_smooth_bias(tmp_path):
+    """A three-tissue phantom times a known smooth multiplicative field: the field N4 writes
+    matches it to a few % inside the head (measured 1.9 % at the 95th percentile; a flat field
+    is 18 % off, one flipped along the first axis 32 %), and the corrected head is flat within
+    each tissue."""
+    from pipeline.ants_tools import n4_bias_correct
+
+    shape = (96, 84, 72)
+    ii, jj, kk = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    r = np.sqrt((ii / 0.9) ** 2 + (jj / 0.85) ** 2 + (kk / 0.8) ** 2)
+    tissue = np.select([r < 0.45, r < 0.7, r < 0.9], [300.0, 200.0, 80.0], 0.0)
+    true = np.exp(0.25 * ii - 0.15 * jj + 0.1 * kk**2)  # different along every axis
+    rng = np.random.default_rng(0)
+    head = tissue * true + np.abs(rng.normal(0, 4, shape))
+    nb.Nifti1Image(head.astype(np.float32), np.diag([2.0, 2, 2, 1])).to_filename(
+        tmp_path / "head.nii.gz"
+    )
+    n4_bias_correct(tmp_path / "head.nii.gz", tmp_path / "n4.nii.gz", tmp_path / "bias.nii.gz")
+    field = nb.load(tmp_path / "bias.nii.gz").get_fdata()
+    inside = r < 0.85
+    ratio = field[inside] / true[inside]
+    ratio /= np.median(ratio)
+    assert np.percentile(np.abs(ratio - 1), 95) < 0.05, np.percentile(np.abs(ratio - 1), 95)
+    corrected = nb.load(tmp_path / "n4.nii.gz").get_fdata()
+    for band in (r < 0.4, (r > 0.5) & (r < 0.65)):
+        values = corrected[band]
+        assert values.std() / values.mean() < 0.03  # 0.009-0.013; 0.05-0.09 uncorrected
