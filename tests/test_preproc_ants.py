@@ -248,7 +248,7 @@ def test_ants_workflow_passes_the_nodes_thread_counts(template):
     edges = {(u.name, v.name): data["connect"] for u, v, data in wf._graph.edges(data=True)}
     assert edges[("n4", "thread_counts")] == [("num_threads", "n4")]
     assert edges[("affine", "thread_counts")] == [("num_threads", "registration")]
-    assert edges[("thread_counts", "outputnode")] == [("num_threads", "num_threads")]
+    assert edges[("thread_counts", "outputnode")] == [("thread_counts", "thread_counts")]
     from workflows.preproc import _thread_counts
 
     assert _thread_counts(3, 3) == {"N4": 3, "Registration": 3}

@@ -111,9 +111,9 @@ def test_fsl_workflow_wiring(fake_fsldir):
     assert fast_to_flirt[0][0][0] == "restored_image"
     assert fast_to_flirt[0][1] == "in_file"
     outputs = {dst for (_, v), conns in edges.items() if v == "outputnode" for _, dst in conns}
-    assert outputs == set(OUTPUT_FIELDS) - {"template_space", "num_threads"}
+    assert outputs == set(OUTPUT_FIELDS) - {"template_space", "thread_counts"}
     assert wf.get_node("outputnode").inputs.template_space == FSL_SPACE
-    assert wf.get_node("outputnode").inputs.num_threads == {}  # FAST, FLIRT: no thread count
+    assert wf.get_node("outputnode").inputs.thread_counts == {}  # FAST, FLIRT: no thread count
     assert wf.get_node("fast").inputs.output_biasfield is True
 
 

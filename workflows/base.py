@@ -81,7 +81,7 @@ def init_single_t1w_wf(config: Config, t1w: T1wInput, template) -> pe.Workflow:
             ("outputnode.xfm", "inputnode.xfm"),
             ("outputnode.bias_field", "inputnode.bias_field"),
             ("outputnode.alignment_ncc", "inputnode.alignment_ncc"),
-            ("outputnode.num_threads", "inputnode.num_threads"),
+            ("outputnode.thread_counts", "inputnode.thread_counts"),
         ]),
     ])
     # fmt: on

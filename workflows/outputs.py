@@ -34,7 +34,7 @@ XFM_FORMAT = {"fsl": "FSL FLIRT 4x4 matrix (.mat)", "ants": "ITK affine transfor
 
 def _with_threads(
     metadata: dict,
-    num_threads: dict | None = None,
+    thread_counts: dict | None = None,
     steps: list | None = None,
     note: str = "",
     alignment_ncc: float | None = None,
@@ -43,7 +43,7 @@ def _with_threads(
     and the ``AlignmentNCC`` when given: in its ``Preprocessing`` when it has one."""
     metadata = dict(metadata)
     extra: dict = {} if alignment_ncc is None else {"AlignmentNCC": alignment_ncc}
-    counts = {k: v for k, v in (num_threads or {}).items() if steps is None or k in steps}
+    counts = {k: v for k, v in (thread_counts or {}).items() if steps is None or k in steps}
     if counts:
         extra.update(NumThreads=counts, NumThreadsNote=note)
     if "Preprocessing" in metadata:
@@ -145,9 +145,9 @@ def init_ds_preproc_wf(
         estimated bias field
     alignment_ncc
         registration quality (NCC to the template inside its brain mask)
-    num_threads
+    thread_counts
         thread counts of the steps that made the outputs (``init_preproc_wf``'s
-        ``num_threads``): ``NumThreads`` in the preproc, xfm and bias-field sidecars
+        ``thread_counts``): ``NumThreads`` in the preproc, xfm and bias-field sidecars
 
     Outputs (``outputnode``)
     ------------------------
@@ -157,7 +157,7 @@ def init_ds_preproc_wf(
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
         niu.IdentityInterface(
-            fields=["t1w_preproc", "xfm", "bias_field", "alignment_ncc", "num_threads"]
+            fields=["t1w_preproc", "xfm", "bias_field", "alignment_ncc", "thread_counts"]
         ),
         name="inputnode",
     )
@@ -175,7 +175,7 @@ def init_ds_preproc_wf(
         node = pe.Node(
             niu.Function(
                 function=_with_threads,
-                input_names=["metadata", "num_threads", "steps", "note", "alignment_ncc"],
+                input_names=["metadata", "thread_counts", "steps", "note", "alignment_ncc"],
                 output_names=["metadata"],
             ),
             name=node_name,
@@ -241,9 +241,9 @@ def init_ds_preproc_wf(
     # fmt: off
     workflow.connect([
         (inputnode, preproc_meta, [("alignment_ncc", "alignment_ncc"),
-                                   ("num_threads", "num_threads")]),
-        (inputnode, xfm_meta, [("num_threads", "num_threads")]),
-        (inputnode, bias_meta, [("num_threads", "num_threads")]),
+                                   ("thread_counts", "thread_counts")]),
+        (inputnode, xfm_meta, [("thread_counts", "thread_counts")]),
+        (inputnode, bias_meta, [("thread_counts", "thread_counts")]),
         (preproc_meta, ds_preproc, [("metadata", "metadata")]),
         (xfm_meta, ds_xfm, [("metadata", "metadata")]),
         (bias_meta, ds_bias, [("metadata", "metadata")]),

@@ -16,7 +16,7 @@ OUTPUT_FIELDS = [
     "t1w_reoriented",
     "alignment_ncc",
     "template_space",
-    "num_threads",
+    "thread_counts",
 ]
 
 
@@ -68,10 +68,11 @@ def init_preproc_wf(
         Float, :func:`pipeline.qc.alignment_ncc` of ``t1w_preproc`` (> 0.8 is a good fit).
     template_space
         BIDS space label of ``template`` (e.g. ``MNI152NLin6Asym``).
-    num_threads
+    thread_counts
         ants: ``{"N4": n, "Registration": m}``, the ITK threads N4 and the registration ran
         with (their results change in the last bits with it; from the nodes' results, so a
         cached rerun with another ``omp_nthreads`` reports the count that made the outputs).
+        Not named ``num_threads``: Nipype reads a node input of that name as its thread count.
         fsl: ``{}`` (FAST and FLIRT take no thread count).
     """
     from pipeline.interfaces.qc import AlignmentQuality
@@ -89,7 +90,7 @@ def init_preproc_wf(
     )
     if backend == "fsl":
         _connect_fsl(workflow, inputnode, outputnode, quality, template)
-        outputnode.inputs.num_threads = {}
+        outputnode.inputs.thread_counts = {}
     else:
         _connect_ants(workflow, inputnode, outputnode, quality, template, omp_nthreads)
     workflow.connect(quality, "ncc", outputnode, "alignment_ncc")
@@ -181,7 +182,7 @@ def _connect_ants(
         niu.Function(
             function=_thread_counts,
             input_names=["n4", "registration"],
-            output_names=["num_threads"],
+            output_names=["thread_counts"],
         ),
         name="thread_counts",
     )
@@ -200,6 +201,6 @@ def _connect_ants(
                               ("out_xfm", "xfm_reoriented")]),
         (n4, threads, [("num_threads", "n4")]),
         (affine, threads, [("num_threads", "registration")]),
-        (threads, outputnode, [("num_threads", "num_threads")]),
+        (threads, outputnode, [("thread_counts", "thread_counts")]),
     ])
     # fmt: on
