@@ -115,6 +115,20 @@ def load_layout(bids_dir: Path):
         ) from None
 
 
+def nifti_stem(path: Path | str) -> str:
+    """The file name without its ``.nii.gz`` or ``.nii`` (else without its last suffix)."""
+    path = Path(path)
+    for ext in (".nii.gz", ".nii"):
+        if path.name.endswith(ext):
+            return path.name[: -len(ext)]
+    return path.stem
+
+
+def sidecar_of(image: Path | str) -> Path:
+    """The JSON sidecar beside a NIfTI image."""
+    return Path(image).with_name(nifti_stem(image) + ".json")
+
+
 def load_derivatives(root: Path, subjects: Iterable[str] | None = None, *, whole_tree=False):
     """Index a BIDS-Derivatives folder with pybids, to read outputs back by their entities.
 

@@ -26,6 +26,7 @@ import nibabel as nb
 import numpy as np
 
 from pipeline import __version__
+from pipeline.bids import sidecar_of
 from pipeline.exitcodes import ExitCode, UserError
 from pipeline.qc import GOOD_NCC
 
@@ -83,14 +84,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return content if isinstance(content, dict) else {}
-
-
-def _sidecar(image: Path) -> Path:
-    name = image.name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return image.with_name(name[: -len(ext)] + ".json")
-    return image.with_suffix(".json")
 
 
 def _is_harmonized(desc: str) -> bool:
@@ -159,12 +152,12 @@ def collect_outputs(output_dir: Path, subjects: list[str] | None = None) -> list
             space=str(entities["space"]),
             res=str(entities["res"]) if "res" in entities else None,
             preproc=path,
-            preproc_meta=_read_json(_sidecar(path)),
+            preproc_meta=_read_json(sidecar_of(path)),
             chunk=str(entities["chunk"]) if "chunk" in entities else None,
         )
         for desc, candidate in harmonized.get(_identity(entities, _OUTPUT_ENTITIES), {}).items():
             item.harmonized[desc] = candidate
-            item.harmonized_meta[desc] = _read_json(_sidecar(candidate))
+            item.harmonized_meta[desc] = _read_json(sidecar_of(candidate))
         item.xfm = xfms.get(_identity(entities, _OUTPUT_ENTITIES | {"res"}))
         outputs.append(item)
     return outputs

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from models.atomic import atomic_path, write_json_atomic
+from pipeline.bids import sidecar_of
 from pipeline.cli.parser import UsageParser
 from pipeline.exitcodes import ExitCode, UserError
 
@@ -81,14 +82,6 @@ def _load(path: Path, what: str):
     return img
 
 
-def _nii_stem(path: Path) -> str:
-    name = path.name
-    for suf in (".nii.gz", ".nii"):
-        if name.endswith(suf):
-            return name[: -len(suf)]
-    return path.stem
-
-
 def run(args: argparse.Namespace) -> Path:
     import nibabel as nib
     import torch
@@ -143,7 +136,7 @@ def run(args: argparse.Namespace) -> Path:
         print(f"disarm-harmonize: warning: {warning}", file=sys.stderr)
 
     out_file = args.out_file
-    sidecar = out_file.with_name(_nii_stem(out_file) + ".json")
+    sidecar = sidecar_of(out_file)
     try:
         suffix = ".nii.gz" if out_file.name.endswith(".gz") else ".nii"
         with atomic_path(out_file, suffix=suffix) as tmp:

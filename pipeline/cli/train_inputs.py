@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pipeline.bids import sidecar_of
 from pipeline.exitcodes import ExitCode, UserError
 
 __all__ = [
@@ -79,7 +80,7 @@ def preprocessing_of(first: Path) -> dict:
     (``space-`` entity) and sidecar (``Preprocessing``), so that the model card says which
     space and which preprocessing its inputs must come from."""
     space = space_of(first)
-    sidecar = first.with_name(first.name.split(".nii")[0] + ".json")
+    sidecar = sidecar_of(first)
     try:
         prep = json.loads(sidecar.read_text()).get("Preprocessing") or {}
     except (OSError, ValueError):
@@ -164,7 +165,7 @@ def collect_bids(args: argparse.Namespace) -> list[tuple[Path, str]]:
                 )
             out.append((f, by_subject[sub]))
             continue
-        sidecar = f.with_name(f.name.split(".nii")[0] + ".json")
+        sidecar = sidecar_of(f)
         try:
             meta = json.loads(sidecar.read_text())
         except (OSError, json.JSONDecodeError) as exc:

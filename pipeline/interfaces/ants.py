@@ -32,6 +32,7 @@ from pipeline.ants_tools import (
     n4_bias_correct,
     reorient_to_std,
 )
+from pipeline.bids import nifti_stem
 
 # The specs too: work directories of earlier versions pickled them under this module.
 from pipeline.interfaces.qc import (  # noqa: F401
@@ -42,12 +43,7 @@ from pipeline.interfaces.qc import (  # noqa: F401
 
 
 def _out_path(out_dir: Path | str, in_file: Path | str, suffix: str) -> Path:
-    name = Path(in_file).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return Path(out_dir) / f"{name}_{suffix}.nii.gz"
+    return Path(out_dir) / f"{nifti_stem(in_file)}_{suffix}.nii.gz"
 
 
 class _ThreadsInputSpec(BaseInterfaceInputSpec):
