@@ -126,11 +126,11 @@ class Disarm(nn.Module):
         if self.cfg.canvas_channels:
             # per-window curves read the quantiles at the networks' resolution (8x fewer
             # voxels to sort; a window's tissue levels are the same there)
-            window = self.cfg.curve_grid == "window"
+            window = self.cfg.curves_per_window
             canvas = self.canvas(x_pad)
             quantiles = self.source_quantiles(self.to_io(x_pad) if window else x_pad)
         out = self.gen(zb, z, c, canvas, quantiles)
-        if self.cfg.output == "curves" and self.cfg.curve_grid == "window":
+        if self.cfg.curves_per_window:
             knots = monotone_knots(out.float(), -1.0, self.cfg.clip_max)
             return self.crop(apply_knots(x_pad.float(), knots, -1.0, self.cfg.clip_max), size)
         k = self.cfg.io_downsample
@@ -236,18 +236,8 @@ def apply_curves(x: torch.Tensor, shifts: torch.Tensor, lo: float, hi: float) ->
     n = shifts.shape[1]
     bound = (hi - lo) / 2
     shifts = bound * torch.tanh(shifts / bound)
-    x = x.clamp(lo, hi)
-    step = (hi - lo) / (n - 1)
     levels = torch.linspace(lo, hi, n, device=x.device, dtype=x.dtype)
-    levels = levels.view(1, n, *[1] * (x.dim() - 2))
-    values = levels + shifts
-    u = (x - lo) / step
-    i = u.floor().clamp(0, n - 2)
-    frac = u - i
-    i = i.long()
-    v0 = values.gather(1, i)
-    v1 = values.gather(1, i + 1)
-    return v0 + frac * (v1 - v0)
+    return _piecewise_linear(x, levels.view(1, n, *[1] * (x.dim() - 2)) + shifts, lo, hi)
 
 
 _SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) = 1
@@ -269,12 +259,17 @@ def monotone_knots(raw: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 def apply_knots(x: torch.Tensor, knots: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     """One piecewise-linear curve per image: ``knots`` (B, K) at K evenly spaced levels over
     [lo, hi], applied to x (B, 1, ...) clamped to [lo, hi]."""
-    n = knots.shape[1]
-    step = (hi - lo) / (n - 1)
-    u = (x.clamp(lo, hi) - lo) / step
+    values = knots.view(*knots.shape, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:])
+    return _piecewise_linear(x, values, lo, hi)
+
+
+def _piecewise_linear(x: torch.Tensor, values: torch.Tensor, lo: float, hi: float):
+    """x (B, 1, ...) clamped to [lo, hi] through the knots ``values`` (B, K, ..., x's spatial
+    shape) at K evenly spaced levels over [lo, hi], linear between two knots."""
+    n = values.shape[1]
+    u = (x.clamp(lo, hi) - lo) / ((hi - lo) / (n - 1))
     i = u.floor().clamp(0, n - 2)
     frac = u - i
-    values = knots.view(knots.shape[0], n, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:])
     i = i.long()
     v0 = values.gather(1, i)
     return v0 + frac * (values.gather(1, i + 1) - v0)

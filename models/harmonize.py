@@ -89,7 +89,7 @@ def inference_tile(card: dict) -> int | None:
     if not patch:
         return None
     cfg = NetworkConfig.from_dict(card["config"])
-    scale = 1.0 if cfg.output == "curves" and cfg.curve_grid == "window" else 1.5
+    scale = 1.0 if cfg.curves_per_window else 1.5
     return int(math.ceil(scale * int(patch) / cfg.factor) * cfg.factor)
 
 

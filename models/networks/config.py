@@ -98,6 +98,11 @@ class NetworkConfig:
         return 2 if self.output == "curves" else 0
 
     @property
+    def curves_per_window(self) -> bool:
+        """G draws one curve per window (``output="curves"``, ``curve_grid="window"``)."""
+        return self.output == "curves" and self.curve_grid == "window"
+
+    @property
     def source_quantiles(self) -> int:
         """Quantiles of the input's head intensities G sees (``curve_quantiles`` with curves,
         else 0)."""

@@ -57,7 +57,7 @@ class Generator(nn.Module):
         self.share = ResBlock(cb)
         t = cb + self.canvas + nz + nc + self.n_quantiles
         self.blocks = nn.Sequential(*[ResBlock(t) for _ in range(cfg.n_gen_blocks)])
-        self.per_window = cfg.output == "curves" and cfg.curve_grid == "window"
+        self.per_window = cfg.curves_per_window
         if self.per_window:
             # one curve per window, so G's upsampling layers are not built. The residual
             # blocks' instance norm erases the tiled (constant) quantiles, label and code, so
