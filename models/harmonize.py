@@ -104,6 +104,7 @@ class Harmonizer:
         self.cfg = model.cfg
         self.amp = False  # bf16 autocast; off: fp32 is fast enough and exact
         self.tile = inference_tile(card)
+        self.domain = ModelDomain.from_card(card)  # template space, grid, preprocessing
         self.window_batch = 2  # windows per network call (see Disarm.translate)
 
     @classmethod
@@ -191,10 +192,9 @@ class Harmonizer:
         if mode == "scanner-free" and target is not None:
             raise HarmonizeError("mode 'scanner-free' takes no target scanner")
         data = _volume(img, "input")
-        domain = ModelDomain.from_card(self.card)
-        moved = domain.resamples(img, space)
+        moved = self.domain.resamples(img, space)
         if moved:
-            source, data = data, domain.to_model_grid(data, Grid.of(img))
+            source, data = data, self.domain.to_model_grid(data, Grid.of(img))
         torch.manual_seed(seed)
         clip = self.cfg.clip_max
         lo, hi = robust_range(data)
@@ -214,8 +214,8 @@ class Harmonizer:
             z_source = f"stored mean code of {target}"
         else:
             ref = _volume(reference, "reference")
-            if moved and not Grid.of(reference).same_as(domain.grid):
-                ref = domain.to_model_grid(ref, Grid.of(reference))
+            if moved and not Grid.of(reference).same_as(self.domain.grid):
+                ref = self.domain.to_model_grid(ref, Grid.of(reference))
             rlo, rhi = robust_range(ref)
             with ac:
                 z = self.reference_code(normalize(ref, rlo, rhi, clip), c)
@@ -232,7 +232,7 @@ class Harmonizer:
         y = w * y + (1 - w) * xn  # air far from the head: the input's (never seen in training)
         del xn, w, needed
         if moved:
-            y = domain.from_model_grid(y, Grid.of(img), normalize(source, lo, hi, clip))
+            y = self.domain.from_model_grid(y, Grid.of(img), normalize(source, lo, hi, clip))
         out_lo, out_hi = FIXED_OUTPUT_RANGE if intensity_scale == "fixed" else (lo, hi)
         y = denormalize(y, out_lo, out_hi)
 
@@ -274,11 +274,11 @@ class Harmonizer:
         }
         if reference is not None:
             meta["reference_shape"] = list(reference.shape)
-        meta.update(domain.provenance(space, moved))
+        meta.update(self.domain.provenance(space, moved))
         warnings = grid_warnings(img, self.card)
         if warnings:
             meta["warnings"] = warnings
-        domain_warnings = domain.warnings(space, preprocessing)
+        domain_warnings = self.domain.warnings(space, preprocessing)
         if domain_warnings:
             meta["ModelDomainWarnings"] = domain_warnings
         return out, meta
