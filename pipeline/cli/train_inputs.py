@@ -89,8 +89,9 @@ def preprocessing_of(first: Path) -> dict:
 
     keep = ("Backend", "BiasCorrection", "Template", "TemplateSource", "Steps")
     kept = {k: prep[k] for k in keep if k in prep}
-    if bias_correction(kept):  # sidecars written before BiasCorrection: the backend's
-        kept["BiasCorrection"] = bias_correction(kept)
+    bias = bias_correction(kept)  # sidecars written before BiasCorrection: the backend's
+    if bias:
+        kept["BiasCorrection"] = bias
     return {"template_space": space, "preprocessing": kept}
 
 
