@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .elastic import ELASTIC_MARGIN, elastic_patch, seeded_elastic
-from .intensity import normalize
+from .intensity import HEAD_STRIDE, head_quantiles, normalize, robust_range
 from .scanners import ScannerProfile, sample_profile
 from .simulate import apply_profile, blur_margin
 from .tissue import tissue_weights
@@ -89,6 +89,8 @@ class Pair:
     ka: int
     kb: int
     clean: torch.Tensor | None = None
+    qa: torch.Tensor | None = None  #: (1, Q) quantiles of xa's whole head (head curves)
+    qb: torch.Tensor | None = None
 
 
 class PairSampler:
@@ -101,6 +103,9 @@ class PairSampler:
     ``age_window``: for real domains with ages (``TrainImage.age``), the second image is drawn
     among those within this many years of the first (when there are any), so that an age
     difference between sites is not learned as their scanner.
+    ``head_quantiles``: with Q > 0, each image of a pair comes with Q quantiles of its whole
+    head (of the head as this draw's scanner records it, on a 1-in-4 subsample), which a
+    head-curves generator reads.
     """
 
     def __init__(
@@ -115,6 +120,7 @@ class PairSampler:
         randomize: bool = False,
         paired: bool = False,
         age_window: float | None = None,
+        head_quantiles: int = 0,
     ) -> None:
         self.scanners = list(scanners)
         self.by_scanner = {s: [im for im in images if im.scanner == s] for s in self.scanners}
@@ -131,6 +137,8 @@ class PairSampler:
         self.randomize = randomize
         self.age_window = age_window
         self.paired = paired and self._travelling()
+        self.n_quantiles = head_quantiles
+        self._real_q: dict[int, torch.Tensor] = {}
         self._elastic = None
 
     def _travelling(self) -> bool:
@@ -163,19 +171,19 @@ class PairSampler:
 
     def _render(
         self, vol: Volume, prof: ScannerProfile | None, start, box, seed: int, cache=None
-    ) -> np.ndarray:
-        """The normalized box of ``vol``: as recorded by ``prof``, or clean (``None``).
+    ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """The normalized box of ``vol``: as recorded by ``prof``, or clean (``None``), and
+        the quantiles of that whole head (``None`` unless asked for, or for the clean head).
 
         ``cache``: a dict shared by the renders of one travelling head (same box), so the
         region and its tissue weights are cut and computed once.
         """
         if vol.tissue is None:  # a real domain: stored normalized
-            return cut_box(vol.data, start, box).astype(np.float32)
+            return cut_box(vol.data, start, box).astype(np.float32), self._stored_q(vol)
         if prof is None:  # the clean head (travelling-head target)
             lo, hi = vol.clean_range
-            return normalize(
-                cut_box(vol.data, start, box).astype(np.float32), lo, hi, self.clip_max
-            )
+            x = normalize(cut_box(vol.data, start, box).astype(np.float32), lo, hi, self.clip_max)
+            return x, None
         m = max(blur_margin(prof, vol.voxel_size) + 2, _SIM_MARGIN)  # + the tissue smoothing
         cache = {} if cache is None else cache
         if cache.get("margin") != m:
@@ -194,8 +202,25 @@ class PairSampler:
             full_shape=vol.data.shape,
             tissue=(cache["weights"], vol.tissue),
         )[m:-m, m:-m, m:-m]
-        lo, hi = self.store.sim_range(vol, prof)
-        return normalize(sim, lo, hi, self.clip_max)
+        # the whole head as this scanner records it, on a subsample: its range normalizes the
+        # patch as inference normalizes a whole image, its quantiles feed head curves
+        sub = self.store.simulate_subsample(vol, prof)
+        lo, hi = robust_range(sub)
+        q = None
+        if self.n_quantiles:
+            sub_n = torch.from_numpy(normalize(sub, lo, hi, self.clip_max))[None, None]
+            q = head_quantiles(sub_n, self.n_quantiles)
+        return normalize(sim, lo, hi, self.clip_max), q
+
+    def _stored_q(self, vol: Volume) -> torch.Tensor | None:
+        """Head quantiles of a real domain's (stored, normalized) image, computed once."""
+        if not self.n_quantiles:
+            return None
+        key = id(vol)  # the store keeps every volume: ids are not reused
+        if key not in self._real_q:
+            sub = torch.from_numpy(vol.data[::HEAD_STRIDE, ::HEAD_STRIDE, ::HEAD_STRIDE])
+            self._real_q[key] = head_quantiles(sub.float()[None, None], self.n_quantiles)
+        return self._real_q[key]
 
     def _deform(self, x: np.ndarray, vol: Volume, size, deform_seed: int | None) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x))[None]
@@ -224,13 +249,17 @@ class PairSampler:
         ``deform``: elastic augmentation (default: with probability ``elastic_p``);
         ``profile``: the scanner to simulate (default: ``im``'s, randomised if asked).
         """
+        return self._load(im, rng, size, deform, profile)[0]
+
+    def _load(self, im, rng, size=None, deform=None, profile=None):
+        """:meth:`load`, and the quantiles of the whole head (see :meth:`_render`)."""
         vol = self.store.get(im.path, im.profile is not None, im.brain_mask)
         if deform is None:
             deform = bool(rng.random() < self.elastic_p)
         start, box = self._box(vol, rng, size, deform)
         prof = profile or self._profile(im, rng)
-        x = self._render(vol, prof, start, box, int(rng.integers(2**31)))
-        return self._deform(x, vol, size, int(rng.integers(2**31)) if deform else None)
+        x, q = self._render(vol, prof, start, box, int(rng.integers(2**31)))
+        return self._deform(x, vol, size, int(rng.integers(2**31)) if deform else None), q
 
     def _partner(self, pool: list[TrainImage], first: TrainImage, rng) -> TrainImage:
         if self.age_window is not None and first.age is not None:
@@ -252,14 +281,14 @@ class PairSampler:
         if self.paired:
             return self._travelling_pair(im_a, pool_b, ka, kb, rng)
         im_b = self._partner(pool_b, im_a, rng)
-        xa = self.load(im_a, rng, self.patch_size)
-        xb = self.load(im_b, rng, self.patch_size)
+        xa, qa = self._load(im_a, rng, self.patch_size)
+        xb, qb = self._load(im_b, rng, self.patch_size)
         if xa.shape != xb.shape:
             raise ValueError(
                 "whole-volume training needs all images on one grid; got "
                 f"{tuple(xa.shape[1:])} and {tuple(xb.shape[1:])} (use patches)"
             )
-        return Pair(xa[None], xb[None], ka, kb)
+        return Pair(xa[None], xb[None], ka, kb, None, qa, qb)
 
     def _travelling_pair(self, im_a, pool_b, ka, kb, rng) -> Pair:
         im_b = next(im for im in pool_b if im.path == im_a.path)
@@ -267,11 +296,12 @@ class PairSampler:
         deform = bool(rng.random() < self.elastic_p)
         start, box = self._box(vol, rng, self.patch_size, deform)
         deform_seed = int(rng.integers(2**31)) if deform else None
-        out, cache = [], {}
+        out, qs, cache = [], [], {}
         for prof in (self._profile(im_a, rng), self._profile(im_b, rng), None):
-            x = self._render(vol, prof, start, box, int(rng.integers(2**31)), cache)
+            x, q = self._render(vol, prof, start, box, int(rng.integers(2**31)), cache)
             out.append(self._deform(x, vol, self.patch_size, deform_seed)[None])
-        return Pair(out[0], out[1], ka, kb, out[2])
+            qs.append(q)
+        return Pair(out[0], out[1], ka, kb, out[2], qs[0], qs[1])
 
 
 class Prefetcher:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .intensity import HEAD_STRIDE, head_quantiles
 from .networks import (
     AnatomyEncoder,
     ContentDiscriminator,
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 _GAIN_LIMIT = 3.0  # |log gain| <= 3: a factor of 20 either way is already absurd
+_WINDOW_GAIN_LIMIT = 0.5  # head curves: |log gain| of a window <= 0.5 (a bias field's +-65%)
 
 
 def one_hot(idx: torch.Tensor | list[int], n: int, device=None) -> torch.Tensor:
@@ -120,8 +122,11 @@ class Disarm(nn.Module):
         c: torch.Tensor,
         x_pad: torch.Tensor,
         size: tuple[int, int, int],
+        head_q: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """G(z_b, z, c) at the input size; ``x_pad`` = the padded image z_b was encoded from."""
+        """G(z_b, z, c) at the input size; ``x_pad`` = the padded image z_b was encoded from;
+        ``head_q`` = the quantiles of its whole head (:meth:`head_quantiles`; head curves
+        only, default: of ``x_pad`` itself, exact when it is the whole head)."""
         canvas = quantiles = None
         if self.cfg.canvas_channels:
             # per-window curves read the quantiles at the networks' resolution (8x fewer
@@ -129,10 +134,18 @@ class Disarm(nn.Module):
             window = self.cfg.curves_per_window
             canvas = self.canvas(x_pad)
             quantiles = self.source_quantiles(self.to_io(x_pad) if window else x_pad)
-        out = self.gen(zb, z, c, canvas, quantiles)
+        if self.cfg.curves_per_head and head_q is None:
+            head_q = self.head_quantiles(x_pad)
+        out = self.gen(zb, z, c, canvas, quantiles, head_q)
         if self.cfg.curves_per_window:
-            knots = monotone_knots(out.float(), -1.0, self.cfg.clip_max)
-            return self.crop(apply_knots(x_pad.float(), knots, -1.0, self.cfg.clip_max), size)
+            lo, hi = -1.0, self.cfg.clip_max
+            k = self.cfg.curve_knots
+            knots = monotone_knots(out[:, :k].float(), lo, hi)
+            x = x_pad.float()
+            if self.cfg.curves_per_head:  # the window's gain first: a bias field multiplies
+                g = _WINDOW_GAIN_LIMIT * torch.tanh(out[:, k:].float() / _WINDOW_GAIN_LIMIT)
+                x = (x + 1.0) * g.exp().view(-1, 1, 1, 1, 1) - 1.0
+            return self.crop(apply_knots(x, knots, lo, hi), size)
         k = self.cfg.io_downsample
         if k > 1:
             out = F.interpolate(out, scale_factor=k, mode="trilinear", align_corners=False)
@@ -148,6 +161,25 @@ class Disarm(nn.Module):
             out = out.float() + self.detail(x_pad)
         return self.crop(out, size)
 
+    def head_quantiles(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The quantiles (B, Q) of each whole head x (B, 1, ...) that a head-curves G reads
+        (a 1-in-4 subsample, as training draws them); ``None`` for other configurations."""
+        if not self.cfg.curves_per_head:
+            return None
+        return head_quantiles(x, self.cfg.curve_quantiles, HEAD_STRIDE)
+
+    def output_quantiles(
+        self, head_q: torch.Tensor | None, z: torch.Tensor, c: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The head quantiles of G's output for a head with quantiles ``head_q``: the head's
+        curve maps them (it is monotone; the windows' gains are left out). Head curves only."""
+        if head_q is None:
+            return None
+        lo, hi = -1.0, self.cfg.clip_max
+        raw = self.gen.head(torch.cat([head_q.to(z.dtype), c.to(z.dtype), z], 1))
+        knots = monotone_knots(raw.float(), lo, hi)
+        return apply_knots(head_q.float()[:, None], knots, lo, hi)[:, 0].detach()
+
     def canvas(self, x_pad: torch.Tensor) -> torch.Tensor:
         """The input's local mean and standard deviation on z_b's grid (B, 2, d, h, w)."""
         f = self.cfg.factor
@@ -160,13 +192,7 @@ class Disarm(nn.Module):
         """Evenly spaced quantiles (B, Q) of each input's head voxels (above the background
         level -1 of normalized images; all voxels when too few are): where its tissues lie on
         the intensity axis, which the curves must map."""
-        n = self.cfg.source_quantiles
-        levels = (torch.arange(n, device=x_pad.device, dtype=torch.float32) + 0.5) / n
-        rows = []
-        for x in x_pad.detach().float().flatten(1):
-            head = x[x > -0.95]
-            rows.append(torch.quantile(head if head.numel() >= 64 else x, levels))
-        return torch.stack(rows)
+        return head_quantiles(x_pad, self.cfg.source_quantiles)
 
     def detail(self, x_pad: torch.Tensor) -> torch.Tensor:
         """What the networks' resolution loses: ``x - up(down(x))`` (zero when k = 1)."""
@@ -197,9 +223,10 @@ class Disarm(nn.Module):
         oneDNN's for two or more: two windows at once cost what one costs alone).
         """
         size = tuple(x.shape[2:])
+        head_q = self.head_quantiles(x)  # of the whole head, before it is cut into windows
         if tile is None or all(s <= tile for s in size):
             zb, x_pad = self.content(x)
-            return self.generate(zb, z, c, x_pad, size)
+            return self.generate(zb, z, c, x_pad, size, head_q)
         if x.shape[0] != 1:
             raise ValueError("windowed translation takes one image at a time")
         boxes = [
@@ -215,7 +242,8 @@ class Disarm(nn.Module):
             xs = torch.cat([x[(..., *box)] for box in group])
             n = len(group)
             zb, x_pad = self.content(xs)
-            ys = self.generate(zb, z.expand(n, -1), c.expand(n, -1), x_pad, shape).float()
+            hq = None if head_q is None else head_q.expand(n, -1)
+            ys = self.generate(zb, z.expand(n, -1), c.expand(n, -1), x_pad, shape, hq).float()
             for box, y in zip(group, ys, strict=True):
                 out[(..., *box)] += w * y
                 weight[(..., *box)] += w

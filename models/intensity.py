@@ -14,10 +14,14 @@ output keeps the brightest tissue).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .simulate import robust_max
 
-__all__ = ["robust_range", "normalize", "denormalize", "FIXED_OUTPUT_RANGE"]
+__all__ = ["robust_range", "normalize", "denormalize", "head_quantiles", "FIXED_OUTPUT_RANGE"]
+
+#: the 1-in-HEAD_STRIDE subsample (per axis) whose quantiles describe a whole head
+HEAD_STRIDE = 4
 
 #: Harmonized images are written with lo -> 0 and hi -> 1000 by default ("fixed" scale).
 FIXED_OUTPUT_RANGE = (0.0, 1000.0)
@@ -43,3 +47,17 @@ def denormalize(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Inverse of :func:`normalize` (without the clip), never below ``min(lo, 0)``; float32."""
     y = (np.asarray(x, dtype=np.float32) + 1) * np.float32((hi - lo) / 2.0) + np.float32(lo)
     return np.clip(y, min(lo, 0.0), None, out=y)
+
+
+def head_quantiles(x: torch.Tensor, n: int, stride: int = 1) -> torch.Tensor:
+    """Evenly spaced quantiles (B, n) of each normalized image's head voxels (above the
+    background level -1; all voxels when fewer than 64 are): where its tissues lie on the
+    intensity axis. x (B, 1, ...); ``stride`` subsamples each spatial axis first."""
+    if stride > 1:
+        x = x[(..., *[slice(None, None, stride)] * (x.dim() - 2))]
+    levels = (torch.arange(n, device=x.device, dtype=torch.float32) + 0.5) / n
+    rows = []
+    for v in x.detach().float().flatten(1):
+        head = v[v > -0.95]
+        rows.append(torch.quantile(head if head.numel() >= 64 else v, levels))
+    return torch.stack(rows)

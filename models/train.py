@@ -278,6 +278,7 @@ def train(
         randomize=opts.randomize,
         paired=opts.paired,
         age_window=opts.age_window,
+        head_quantiles=cfg.curve_quantiles if cfg.curves_per_head else 0,
     )
     if rank == 0:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -339,6 +340,8 @@ def train(
                 one_hot([pair.ka], n, device),
                 one_hot([pair.kb], n, device),
                 clean,
+                pair.qa,
+                pair.qb,
             )
             bar.update(1)
             bar.set_postfix(

@@ -157,13 +157,21 @@ class DisarmTrainer:
         ca: torch.Tensor,
         cb: torch.Tensor,
         clean: torch.Tensor | None = None,
+        qa: torch.Tensor | None = None,
+        qb: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """One step on images of scanner a and b ((n, 1, D, H, W) each, same size) and their
         one-hot labels (n, C); ``clean``: for travelling heads (xa, xb one head on two
-        scanners), that head, normalized. Returns a dict of float losses (see LOSS_NAMES)."""
+        scanners), that head, normalized; ``qa``, ``qb``: the quantiles of their whole heads
+        (head curves; default: of xa, xb themselves, exact for whole volumes). Returns a dict
+        of float losses (see LOSS_NAMES)."""
         m, w = self.model, self.w
         m.train()
         x, c = torch.cat([xa, xb]), torch.cat([ca, cb])
+        # head curves: each image's head quantiles, and those of what G makes from it
+        qa = m.head_quantiles(xa) if qa is None else qa.to(xa.device)
+        qb = m.head_quantiles(xb) if qb is None else qb.to(xb.device)
+        cat = _cat_or_none
         if self.content_d_alone():
             out = {"D_b": self._update_content_d(x, c)}
             self._end_step()
@@ -196,6 +204,7 @@ class DisarmTrainer:
                 torch.cat([ca, ca, ca, cb, cb, cb]),
                 torch.cat([pad_b, pad_a, pad_b, pad_a, pad_b, pad_a]),
                 size,
+                cat([qb, qa, qb, qa, qb, qa]),
             )
             fake_a, self_a, rand_a, fake_b, self_b, rand_b = f.split(n)
             fake_enc = torch.cat([fake_a, fake_b])  # labels c
@@ -206,12 +215,17 @@ class DisarmTrainer:
             zs_ra, zs_rb = zs_r.split(n)
             pad_fa, pad_fb = pad_r.split(n)
             # both cycles in one call: a batch of one would take the slow CPU convolution
+            # fake_a is b's head drawn as a (fake_b the mirror): its head quantiles are b's
+            # through the curve G drew
+            q_fake_a = m.output_quantiles(qb, zs_a, ca)
+            q_fake_b = m.output_quantiles(qa, zs_b, cb)
             cyc = m.generate(
                 torch.cat([zb_ra, zb_rb]),
                 torch.cat([zs_ra, zs_rb]),
                 c,
                 torch.cat([pad_fb, pad_fa]),
                 size,
+                cat([q_fake_b, q_fake_a]),
             )
 
         # image discriminators: real vs fakes from encoded codes / from random codes
@@ -249,7 +263,7 @@ class DisarmTrainer:
             "kl_content": (w.kl_content, L.kl_content(zb)),
         }
         if clean is not None:
-            terms.update(self._travelling_terms(zb0, x_pad, clean, n, size))
+            terms.update(self._travelling_terms(zb0, x_pad, clean, n, size, cat([qa, qb])))
             # fake_a is b's head drawn with a's code and label: for one head, that is xa
             terms["pair_translate"] = (w.pair_translate, L.pair_translate(fake_enc, x))
         sum(weight * value for weight, value in terms.values()).backward()
@@ -273,6 +287,7 @@ class DisarmTrainer:
                 c,
                 torch.cat([pad2_b, pad2_a]),
                 size,
+                cat([qb, qa]),
             )
             pf2, pcls2 = m.dis_rand(rand)
             mu2, _ = m.scanner(rand, c)
@@ -288,7 +303,7 @@ class DisarmTrainer:
         self._end_step()
         return out
 
-    def _travelling_terms(self, zb0, x_pad, clean, n: int, size) -> dict:
+    def _travelling_terms(self, zb0, x_pad, clean, n: int, size, head_q=None) -> dict:
         """pair_content, pair_free and anchor of a travelling-head batch (noise-free codes:
         inference uses them)."""
         m, w = self.model, self.w
@@ -296,7 +311,7 @@ class DisarmTrainer:
         with autocast_for(self.device, self.amp):
             zero_z = torch.zeros(2 * n, self.cfg.z_dim, device=dev)
             zero_c = torch.zeros(2 * n, self.cfg.n_scanners, device=dev)
-            free = m.generate(zb0, zero_z, zero_c, x_pad, size)
+            free = m.generate(zb0, zero_z, zero_c, x_pad, size, head_q)
         free_a, free_b = free.split(n)
         zb0_a, zb0_b = zb0.split(n)
         anchor = 0.5 * (L.anchor(free_a, clean) + L.anchor(free_b, clean))
@@ -305,3 +320,9 @@ class DisarmTrainer:
             "pair_free": (w.pair_free, L.pair_free(free_a, free_b)),
             "anchor": (w.anchor, anchor),
         }
+
+
+def _cat_or_none(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """torch.cat of the parts, or None when they are None (configurations without head
+    quantiles)."""
+    return None if parts[0] is None else torch.cat(parts)

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
-from .intensity import normalize, robust_range
+from .intensity import HEAD_STRIDE, normalize, robust_range
 from .scanners import ScannerProfile
 from .simulate import apply_profile, robust_max
 from .tissue import TissueModel, fit_tissue_model, soft_brain, tissue_weights
 
 __all__ = ["Volume", "VolumeStore", "cut_box"]
 
-_SUB = 4  # subsampling of the whole-volume intensity range estimate of a simulated draw
+_SUB = HEAD_STRIDE  # subsampling of the whole-volume estimates of a simulated draw
 
 
 @dataclass
@@ -96,13 +96,13 @@ class VolumeStore:
             self._cache[key] = vol
         return vol
 
-    def sim_range(self, vol: Volume, profile: ScannerProfile) -> tuple[float, float]:
-        """Robust range of the whole simulated volume, estimated on a 1-in-4 subsample (each
-        randomised draw is a new scanner, so nothing is cached)."""
+    def simulate_subsample(self, vol: Volume, profile: ScannerProfile) -> np.ndarray:
+        """The whole volume as ``profile`` records it, on a 1-in-4 subsample (each randomised
+        draw is a new scanner, so nothing is cached)."""
         sub = vol.data[::_SUB, ::_SUB, ::_SUB].astype(np.float32)
         tissue = None if vol.tissue is None else (vol.sub_weights.astype(np.float32), vol.tissue)
         vs = tuple(_SUB * v for v in vol.voxel_size)
-        return robust_range(apply_profile(sub, profile, voxel_size_mm=vs, tissue=tissue))
+        return apply_profile(sub, profile, voxel_size_mm=vs, tissue=tissue)
 
 
 def cut_box(data: np.ndarray, start, size) -> np.ndarray:

@@ -94,6 +94,31 @@ def test_travelling_heads_are_aligned_and_randomised(images):
     assert fixed._profile(im, rng) == im.profile
 
 
+def test_head_quantiles_describe_the_whole_head_as_its_scanner_records_it(images):
+    """head_quantiles=Q: each image of a pair comes with Q increasing quantiles of its whole
+    head, of this draw's scanner (two scanners of one head differ), the same for any patch of
+    it, and those of the stored image for a real domain."""
+    from models.intensity import HEAD_STRIDE, head_quantiles, normalize, robust_range
+
+    profiles = training_profiles()[:3]
+    names = [p.name for p in profiles]
+    s = PairSampler(build_simulated(images, profiles), names, patch_size=16, clip_max=2.0,
+                    seed=2, paired=True, head_quantiles=8)  # fmt: skip
+    p = s.sample()
+    assert p.qa.shape == p.qb.shape == (1, 8)
+    assert (p.qa.diff() >= 0).all() and not torch.allclose(p.qa, p.qb)
+    assert PairSampler(build_simulated(images, profiles), names).sample().qa is None
+    ims = [TrainImage(images[0], "A"), TrainImage(images[1], "B")]
+    real = PairSampler(ims, ["A", "B"], patch_size=8, seed=0, head_quantiles=8)
+    first, second = real.sample(), real.sample()
+    q = first.qa if first.ka == 0 else first.qb
+    assert torch.equal(q, second.qa if second.ka == 0 else second.qb)
+    raw = nib.load(images[0]).get_fdata(dtype=np.float32)
+    sub = normalize(raw, *robust_range(raw))[::HEAD_STRIDE, ::HEAD_STRIDE, ::HEAD_STRIDE]
+    sub = torch.from_numpy(sub.astype(np.float16).astype(np.float32))[None, None]
+    torch.testing.assert_close(q, head_quantiles(sub, 8))
+
+
 def test_age_matched_partners_on_a_skewed_cohort(images):
     """Site A young, site B old but for a few: with an age window, pairs are drawn among the
     participants of similar age, so the sites' age difference is not a scanner difference."""

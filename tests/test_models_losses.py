@@ -150,9 +150,9 @@ def test_second_pass_draws_a_fresh_random_code():
     codes = []
     generate = model.generate
 
-    def spy(zb, z, c, x_pad, size):
+    def spy(zb, z, c, *rest):
         codes.append(z.detach().clone())
-        return generate(zb, z, c, x_pad, size)
+        return generate(zb, z, c, *rest)
 
     model.generate = spy
     xa, xb = _volumes(3)
@@ -163,18 +163,22 @@ def test_second_pass_draws_a_fresh_random_code():
     assert not torch.allclose(first_random, second)
 
 
-def test_travelling_heads_add_their_losses_and_learn_the_anchor():
+@pytest.mark.parametrize("config", ["curves", "head-curves"])
+def test_travelling_heads_add_their_losses_and_learn_the_anchor(config):
     """With a clean target, the step reports the four travelling-head losses, and steps on one
-    head seen by two scanners of different tissue contrast (the curves configuration, its own
-    loss weights) bring the scanner-free output toward the clean head."""
+    head seen by two scanners of different tissue contrast (the curves configurations, their
+    own loss weights) bring the scanner-free output toward the clean head. One curve per
+    head maps one global contrast: its scanners differ by one (strong) curve each."""
     torch.manual_seed(0)
-    model = Disarm(get_config("curves", n_scanners=2))
-    tr = DisarmTrainer(
-        model, total_steps=1000, lr=3e-4, weights=L.LossWeights.for_config("curves")
-    )
+    model = Disarm(get_config(config, n_scanners=2))
+    tr = DisarmTrainer(model, total_steps=1000, lr=3e-4, weights=L.LossWeights.for_config(config))
     clean, _ = _volumes(4)
-    xa = torch.where(clean > 0.3, clean * 1.3 - 0.2, clean * 0.6)  # two contrasts, not gains
-    xb = torch.where(clean > 0.3, clean * 0.7 + 0.2, clean * 1.2)
+    if config == "head-curves":
+        xa = (clean + 1) ** 1.8 / 2**0.8 - 1
+        xb = (clean + 1) ** 0.6 * 2**0.4 - 1
+    else:
+        xa = torch.where(clean > 0.3, clean * 1.3 - 0.2, clean * 0.6)  # two contrasts, not gains
+        xb = torch.where(clean > 0.3, clean * 0.7 + 0.2, clean * 1.2)
     ca, cb = one_hot([0], 2), one_hot([1], 2)
     history = [tr.step(xa, xb, ca, cb, clean) for _ in range(40)]
     travelling = {"pair_content", "pair_free", "anchor", "pair_translate"}

@@ -138,6 +138,42 @@ def test_window_curves_map_a_window_by_one_increasing_curve():
     torch.testing.assert_close(apply_knots(levels, knots, -1.0, 2.0), knots.view(1, 1, 3))
 
 
+def test_head_curves_give_every_window_of_a_head_one_curve():
+    """curve_grid="head": a new model is the identity; the curve depends on the head's
+    quantiles, not on the window, so two windows with different content map one level alike
+    (the windows' gains set to zero), and ``output_quantiles`` is where that curve takes the
+    head's quantiles; windowed translation reads the whole head's quantiles."""
+    torch.manual_seed(4)
+    model = Disarm(get_config("head-curves", n_scanners=2)).eval()
+    assert not hasattr(model.gen, "up2")
+    x = torch.rand(1, 1, 32, 16, 16) * 3 - 1
+    z, c = torch.zeros(1, 8), one_hot([0], 2)
+    with torch.no_grad():
+        torch.testing.assert_close(model.translate(x, z, c, tile=16), x, atol=0.03, rtol=0)
+        torch.nn.init.normal_(model.gen.head[-1].weight, 0, 0.5)
+        torch.nn.init.zeros_(model.gen.gain[-1].weight)
+        head_q = model.head_quantiles(x)
+        a, b = x[..., :16, :, :].clone(), x[..., 16:, :, :].clone() * 0.2
+        a[..., 0, 0, 0] = b[..., 5, 5, 5] = 0.3
+        ys = []
+        for w in (a, b):
+            zb, pad = model.content(w)
+            ys.append(model.generate(zb, z, c, pad, (16, 16, 16), head_q))
+        assert (ys[0] - a).abs().mean() > 0.05
+        torch.testing.assert_close(ys[0][..., 0, 0, 0], ys[1][..., 5, 5, 5])
+        # another head's quantiles give another curve for the same window
+        zb, pad = model.content(a)
+        other = model.generate(zb, z, c, pad, (16, 16, 16), model.head_quantiles(x * 0.5))
+        assert (other - ys[0]).abs().mean() > 1e-3
+        # a monotone curve moves quantiles with their voxels (none here crosses the
+        # background level that head_quantiles leaves out)
+        x = torch.rand(1, 1, 32, 16, 16) * 2 - 0.5
+        whole = model.translate(x, z, c)  # one window: the whole head
+        assert (whole > -0.9).all()
+        q_out = model.output_quantiles(model.head_quantiles(x), z, c)
+    torch.testing.assert_close(q_out, model.head_quantiles(whole), atol=0.02, rtol=0)
+
+
 @pytest.mark.parametrize("output", ["affine", "detail", "curves"])
 def test_fast_output_keeps_fine_detail(output):
     """A non-trivial generator changes the image but keeps 1-voxel detail of the input."""

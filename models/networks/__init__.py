@@ -6,6 +6,7 @@ from .config import (
     curves_config,
     fast_config,
     get_config,
+    head_curves_config,
     reference_config,
     window_curves_config,
 )
@@ -24,5 +25,6 @@ __all__ = [
     "fast_config",
     "curves_config",
     "window_curves_config",
+    "head_curves_config",
     "get_config",
 ]

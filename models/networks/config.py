@@ -10,6 +10,7 @@ __all__ = [
     "fast_config",
     "curves_config",
     "window_curves_config",
+    "head_curves_config",
     "get_config",
 ]
 
@@ -36,7 +37,10 @@ class NetworkConfig:
     knot maps are averaged into one *monotone* curve per window (a training patch, a window
     of windowed inference): the curve cannot map one tissue two ways inside a window, nor
     invert an edge, and neighbouring windows blend into a curve that varies over centimetres
-    (a bias field's scale), never voxel to voxel.
+    (a bias field's scale), never voxel to voxel. ``"head"`` = one monotone curve per *head*,
+    drawn from the quantiles of the whole head (a 1-in-4 subsample), the label and the code
+    only, so every window of a head gets the same tissue mapping, composed with a bounded gain
+    per window (``y = curve((x + 1) g - 1)``: a smooth bias field, blended across windows).
     ``upsample``: how G doubles its size: ``"resize"`` (trilinear x2, then a 3x3x3 conv: no
     checkerboard) or ``"transpose"`` (the reference's ConvTranspose3d(k=3, stride=2), whose
     kernel overlaps unevenly and prints a period-2 grid; Odena et al., Distill 2016) or
@@ -74,7 +78,7 @@ class NetworkConfig:
     up_norm: bool = True  #: instance norm in G's upsampling layers (ref); see below
     curve_knots: int = 12  #: with output="curves": knots of each voxel's intensity curve
     curve_quantiles: int = 16  #: with output="curves": G sees this many input quantiles
-    curve_grid: str = "voxel"  #: with output="curves": one curve per "voxel" or per "window"
+    curve_grid: str = "voxel"  #: with output="curves": one curve per "voxel", "window", "head"
 
     def __post_init__(self) -> None:
         if self.n_scanners < 2:
@@ -85,8 +89,8 @@ class NetworkConfig:
             raise ValueError("output must be 'image', 'detail', 'affine' or 'curves'")
         if self.curve_knots < 2:
             raise ValueError("curve_knots must be at least 2")
-        if self.curve_grid not in ("voxel", "window"):
-            raise ValueError("curve_grid must be 'voxel' or 'window'")
+        if self.curve_grid not in ("voxel", "window", "head"):
+            raise ValueError("curve_grid must be 'voxel', 'window' or 'head'")
         if self.upsample not in ("resize", "transpose", "reference"):
             raise ValueError("upsample must be 'resize', 'transpose' or 'reference'")
         if self.output == "image" and self.clip_max != 1.0:
@@ -99,8 +103,15 @@ class NetworkConfig:
 
     @property
     def curves_per_window(self) -> bool:
-        """G draws one curve per window (``output="curves"``, ``curve_grid="window"``)."""
-        return self.output == "curves" and self.curve_grid == "window"
+        """G draws one curve per window (``output="curves"``, ``curve_grid`` ``"window"`` or
+        ``"head"``: the head's curve times the window's gain)."""
+        return self.output == "curves" and self.curve_grid in ("window", "head")
+
+    @property
+    def curves_per_head(self) -> bool:
+        """G draws one curve per head and a gain per window (``curve_grid="head"``): it needs
+        the quantiles of the whole head, not only of the window."""
+        return self.output == "curves" and self.curve_grid == "head"
 
     @property
     def source_quantiles(self) -> int:
@@ -161,14 +172,21 @@ def window_curves_config(n_scanners: int = 5) -> NetworkConfig:
     return replace(curves_config(n_scanners), name="window-curves", curve_grid="window")
 
 
+def head_curves_config(n_scanners: int = 5) -> NetworkConfig:
+    """The curves configuration with one monotone curve per head and a gain per window
+    (``curve_grid="head"``)."""
+    return replace(curves_config(n_scanners), name="head-curves", curve_grid="head")
+
+
 def get_config(name: str, n_scanners: int = 5, **overrides) -> NetworkConfig:
-    """``"reference"``, ``"fast"``, ``"curves"`` or ``"window-curves"``, with optional field
-    overrides."""
+    """``"reference"``, ``"fast"``, ``"curves"``, ``"window-curves"`` or ``"head-curves"``,
+    with optional field overrides."""
     presets = {
         "reference": reference_config,
         "fast": fast_config,
         "curves": curves_config,
         "window-curves": window_curves_config,
+        "head-curves": head_curves_config,
     }
     if name not in presets:
         raise ValueError(f"unknown network configuration {name!r}; known: {', '.join(presets)}")

@@ -34,6 +34,16 @@ def _up(cin: int, cout: int, stride: int, scheme: str, norm: bool = True) -> nn.
     return nn.Sequential(layer, inorm(cout) if norm else nn.Identity(), nn.ReLU(inplace=True))
 
 
+def _mlp(cin: int, width: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(cin, width),
+        nn.ReLU(inplace=True),
+        nn.Linear(width, width),
+        nn.ReLU(inplace=True),
+        nn.Linear(width, cout),
+    )
+
+
 class Generator(nn.Module):
     """z_b (B, Cb, d, h, w), z (B, z_dim), c (B, C) -> (B, K, 2d, 2h, 2w).
 
@@ -45,7 +55,9 @@ class Generator(nn.Module):
     canvas (B, 2, d, h, w), the input's local mean and spread on z_b's grid, and the quantiles
     of its head's intensities (B, Q), joined to the content code. With
     ``curve_grid="window"`` G returns one curve per window (B, K): an MLP reads the window's
-    mean features, the quantiles, the label and the code.
+    mean features, the quantiles, the label and the code. With ``curve_grid="head"`` it
+    returns (B, K + 1): the head's curve, from the quantiles of the whole head
+    (``head_quantiles``, (B, Q)), the label and the code alone, and the window's log-gain.
     """
 
     def __init__(self, cfg: NetworkConfig) -> None:
@@ -58,24 +70,25 @@ class Generator(nn.Module):
         t = cb + self.canvas + nz + nc + self.n_quantiles
         self.blocks = nn.Sequential(*[ResBlock(t) for _ in range(cfg.n_gen_blocks)])
         self.per_window = cfg.curves_per_window
+        self.per_head = cfg.curves_per_head
         if self.per_window:
-            # one curve per window, so G's upsampling layers are not built. The residual
-            # blocks' instance norm erases the tiled (constant) quantiles, label and code, so
-            # a small MLP reads them directly, with the window's mean features
+            # one curve per window (or per head), so G's upsampling layers are not built. The
+            # residual blocks' instance norm erases the tiled (constant) quantiles, label and
+            # code, so small MLPs read them directly, with the window's mean features
             width = 4 * cfg.curve_knots
-            self.head = nn.Sequential(
-                nn.Linear(t + self.n_quantiles + nc + nz, width),
-                nn.ReLU(inplace=True),
-                nn.Linear(width, width),
-                nn.ReLU(inplace=True),
-                nn.Linear(width, cfg.curve_knots),
-            )
+            if self.per_head:
+                # the head's curve sees nothing of the window; the window's gain sees both
+                self.head = _mlp(self.n_quantiles + nc + nz, width, cfg.curve_knots)
+                self.gain = _mlp(t + 2 * self.n_quantiles + nc + nz, width, 1)
+            else:
+                self.head = _mlp(t + self.n_quantiles + nc + nz, width, cfg.curve_knots)
             init_weights(self)
-            for layer in self.head[:-1]:  # PyTorch's default init: N(0, 0.02) would starve it
-                if isinstance(layer, nn.Linear):
-                    layer.reset_parameters()
-            nn.init.normal_(self.head[-1].weight, 0.0, 1e-3)
-            nn.init.zeros_(self.head[-1].bias)
+            for mlp in (self.head, self.gain) if self.per_head else (self.head,):
+                for layer in mlp[:-1]:  # PyTorch's default init: N(0, 0.02) would starve it
+                    if isinstance(layer, nn.Linear):
+                        layer.reset_parameters()
+                nn.init.normal_(mlp[-1].weight, 0.0, 1e-3)
+                nn.init.zeros_(mlp[-1].bias)
             return
         self.up2 = _up(t + nz, (t + nz) // 2, 2, cfg.upsample, cfg.up_norm)
         t2 = (t + nz) // 2
@@ -105,6 +118,7 @@ class Generator(nn.Module):
         c: torch.Tensor,
         canvas: torch.Tensor | None = None,
         quantiles: torch.Tensor | None = None,
+        head_quantiles: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.share(zb)
         if self.canvas:
@@ -112,6 +126,13 @@ class Generator(nn.Module):
                 raise ValueError("this generator draws curves: it needs the input's canvas")
             h = torch.cat([h, canvas.to(h.dtype), tile(quantiles, h)], 1)
         h = self.blocks(torch.cat([h, tile(c, h), tile(z, h)], 1))
+        if self.per_head:
+            if head_quantiles is None:
+                raise ValueError("this generator draws one curve per head: it needs its quantiles")
+            hq = head_quantiles.to(h.dtype)
+            knots = self.head(torch.cat([hq, c, z], 1))
+            gain = self.gain(torch.cat([h.mean((2, 3, 4)), quantiles.to(h.dtype), hq, c, z], 1))
+            return torch.cat([knots, gain], 1)
         if self.per_window:
             return self.head(torch.cat([h.mean((2, 3, 4)), quantiles.to(h.dtype), c, z], 1))
         h = self.up2(torch.cat([h, tile(z, h)], 1))

@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--age-column", default="age", help="participants.tsv age column")
     g = p.add_argument_group("model and optimisation")
     g.add_argument(
-        "--config", choices=["fast", "curves", "window-curves", "reference"], default="fast"
+        "--config",
+        choices=["fast", "curves", "window-curves", "head-curves", "reference"],
+        default="fast",
     )
     g.add_argument("--name", default="disarm", help="model name written to the model card")
     g.add_argument("--steps", type=int, default=3000)
