@@ -94,6 +94,7 @@ from quality.common import (
     N_PERMUTATIONS,
     N_SEGMENTATION_POINTS,
     NAN,
+    ORACLES,
     QUANTILES,
     REPO,
     BenchError,
@@ -138,7 +139,7 @@ from quality.segmentation import tissue_fractions
 from quality.tables import COLUMNS, PER_HEAD_KEYS, _fmt, markdown, summarize, write_outputs
 
 __all__ = [
-    "COLUMNS", "DEFAULT_BIDS", "DISARM_METHODS", "HIST_BINS", "HIST_RANGE", "METHODS",
+    "COLUMNS", "DEFAULT_BIDS", "DISARM_METHODS", "HIST_BINS", "HIST_RANGE", "METHODS", "ORACLES",
     "N_PERMUTATIONS", "N_SEGMENTATION_POINTS", "NAN", "PER_HEAD_KEYS", "QUANTILES", "REPO",
     "SSIM_WINDOW", "BenchError", "Head", "MethodFn", "Plan", "SSIMStats", "Volume", "_fmt",
     "_label", "anderson_p", "bids_participants", "biology", "brain_box", "build_methods",
@@ -172,7 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="never evaluate these (default: the training subjects in the model card)",
     )
     p.add_argument("--reference-participant", type=_label, help="head for histmatch and Nyul")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS + ORACLES,
+        default=list(METHODS),
+        help="oracle-curve (a bound, not a method: each version histogram-matched to its own "
+        "clean head) runs only when named",
+    )
     p.add_argument("--resolution", type=int, choices=(1, 2), default=1, help="when preprocessing")
     p.add_argument("--work", type=Path, help="work folder when preprocessing (default: temp)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -17,6 +17,8 @@ if str(REPO) not in sys.path:
 DEFAULT_BIDS = REPO.parent / "shared" / "data" / "ixi-hh"
 METHODS = ("none", "zscore", "histmatch", "nyul", "whitestripe", "disarm-free", "disarm-target")
 DISARM_METHODS = ("disarm-free", "disarm-target")
+#: Not harmonizers: bounds that read the clean head (run only when named).
+ORACLES = ("oracle-curve",)
 #: Percentiles of the brain voxels kept per image (every 0.1%): enough for the summaries,
 #: the histograms and the pooled per-method scale, without keeping the images.
 QUANTILES = np.linspace(0.0, 100.0, 1001)
@@ -28,6 +30,7 @@ NAN = float("nan")
 
 Volume = np.ndarray
 MethodFn = Callable[[Volume, np.ndarray], Volume]  # (image, brain mask) -> harmonized image
+#: an oracle's callable also takes the clean head: (image, brain mask, clean) -> image
 
 
 class BenchError(Exception):

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from .common import NAN, QUANTILES, Head, MethodFn, Volume
+from .common import NAN, ORACLES, QUANTILES, Head, MethodFn, Volume
 from .inputs import brain_box, load_head
 from .metrics import head_metrics, head_tissue, nearest_distribution, scanner_quantiles
 from .segmentation import tissue_fractions
@@ -54,7 +54,8 @@ def evaluate(
             sim_energy = nyquist_energy(sim[box], inside)
             for name, fn in methods.items():
                 t = time.perf_counter()
-                out = np.asarray(fn(sim, mask), dtype=np.float32)
+                out = fn(sim, mask, clean) if name in ORACLES else fn(sim, mask)
+                out = np.asarray(out, dtype=np.float32)
                 seconds[name] += time.perf_counter() - t
                 out = np.ascontiguousarray(out[box])
                 outputs[name].append(out)
