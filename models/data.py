@@ -91,6 +91,7 @@ class Pair:
     clean: torch.Tensor | None = None
     qa: torch.Tensor | None = None  #: (1, Q) quantiles of xa's whole head (head curves)
     qb: torch.Tensor | None = None
+    q_clean: torch.Tensor | None = None  #: (1, Q) quantiles of the clean head
 
 
 class PairSampler:
@@ -138,7 +139,7 @@ class PairSampler:
         self.age_window = age_window
         self.paired = paired and self._travelling()
         self.n_quantiles = head_quantiles
-        self._real_q: dict[int, torch.Tensor] = {}
+        self._stored: dict[int, torch.Tensor] = {}
         self._elastic = None
 
     def _travelling(self) -> bool:
@@ -183,7 +184,7 @@ class PairSampler:
         if prof is None:  # the clean head (travelling-head target)
             lo, hi = vol.clean_range
             x = normalize(cut_box(vol.data, start, box).astype(np.float32), lo, hi, self.clip_max)
-            return x, None
+            return x, self._stored_q(vol)
         m = max(blur_margin(prof, vol.voxel_size) + 2, _SIM_MARGIN)  # + the tissue smoothing
         cache = {} if cache is None else cache
         if cache.get("margin") != m:
@@ -213,14 +214,17 @@ class PairSampler:
         return normalize(sim, lo, hi, self.clip_max), q
 
     def _stored_q(self, vol: Volume) -> torch.Tensor | None:
-        """Head quantiles of a real domain's (stored, normalized) image, computed once."""
+        """Head quantiles of a stored image, computed once: a real domain's (stored
+        normalized) or a clean head's (normalized by its robust range)."""
         if not self.n_quantiles:
             return None
         key = id(vol)  # the store keeps every volume: ids are not reused
-        if key not in self._real_q:
-            sub = torch.from_numpy(vol.data[::HEAD_STRIDE, ::HEAD_STRIDE, ::HEAD_STRIDE])
-            self._real_q[key] = head_quantiles(sub.float()[None, None], self.n_quantiles)
-        return self._real_q[key]
+        if key not in self._stored:
+            sub = vol.data[::HEAD_STRIDE, ::HEAD_STRIDE, ::HEAD_STRIDE].astype(np.float32)
+            if vol.tissue is not None:
+                sub = normalize(sub, *vol.clean_range, self.clip_max)
+            self._stored[key] = head_quantiles(torch.from_numpy(sub)[None, None], self.n_quantiles)
+        return self._stored[key]
 
     def _deform(self, x: np.ndarray, vol: Volume, size, deform_seed: int | None) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x))[None]
@@ -301,7 +305,7 @@ class PairSampler:
             x, q = self._render(vol, prof, start, box, int(rng.integers(2**31)), cache)
             out.append(self._deform(x, vol, self.patch_size, deform_seed)[None])
             qs.append(q)
-        return Pair(out[0], out[1], ka, kb, out[2], qs[0], qs[1])
+        return Pair(out[0], out[1], ka, kb, out[2], qs[0], qs[1], qs[2])
 
 
 class Prefetcher:

@@ -169,16 +169,18 @@ class Disarm(nn.Module):
         return head_quantiles(x, self.cfg.curve_quantiles, HEAD_STRIDE)
 
     def output_quantiles(
-        self, head_q: torch.Tensor | None, z: torch.Tensor, c: torch.Tensor
+        self, head_q: torch.Tensor | None, z: torch.Tensor, c: torch.Tensor, detach: bool = True
     ) -> torch.Tensor | None:
         """The head quantiles of G's output for a head with quantiles ``head_q``: the head's
-        curve maps them (it is monotone; the windows' gains are left out). Head curves only."""
+        curve maps them (it is monotone; the windows' gains are left out). Head curves only;
+        ``detach=False`` keeps the graph (a loss on them trains the curve)."""
         if head_q is None:
             return None
         lo, hi = -1.0, self.cfg.clip_max
         raw = self.gen.head(torch.cat([head_q.to(z.dtype), c.to(z.dtype), z], 1))
         knots = monotone_knots(raw.float(), lo, hi)
-        return apply_knots(head_q.float()[:, None], knots, lo, hi)[:, 0].detach()
+        out = apply_knots(head_q.float()[:, None], knots, lo, hi)[:, 0]
+        return out.detach() if detach else out
 
     def canvas(self, x_pad: torch.Tensor) -> torch.Tensor:
         """The input's local mean and standard deviation on z_b's grid (B, 2, d, h, w)."""

@@ -8,6 +8,9 @@ tissue contrast and the differences between people, rather than drifting to what
 seven unpaired losses allow) and ``pair_translate`` (the head translated to the other
 scanner's code and label is that scanner's version of it: target mode learns from truth, and
 E_s must encode what makes a scanner's image, which the identity-friendly L_rec never asks).
+With one curve per head, ``anchor_quantiles``: the head's scanner-free curve takes the
+version's whole-head quantiles to the clean head's (the patch anchor sees one patch; this
+one the whole head's tissue levels, what a segmentation reads).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "pair_free",
     "anchor",
     "pair_translate",
+    "anchor_quantiles",
 ]
 
 
@@ -51,6 +55,7 @@ class LossWeights:
     pair_free: float = 5.0  #: travelling heads: scanner-free outputs agree (L1)
     anchor: float = 10.0  #: travelling heads: scanner-free output = the clean head (L1)
     pair_translate: float = 10.0  #: travelling heads: a -> b translation = b's version (L1)
+    anchor_quantiles: float = 10.0  #: head curves: free curve maps head quantiles to clean's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,3 +143,9 @@ def pair_translate(translated: torch.Tensor, target: torch.Tensor) -> torch.Tens
     """Travelling heads: L1 between one head translated from scanner a to scanner b (b's code
     and label) and the same head simulated on b."""
     return (translated.float() - target.float()).abs().mean()
+
+
+def anchor_quantiles(free_q: torch.Tensor, clean_q: torch.Tensor) -> torch.Tensor:
+    """Travelling heads, one curve per head: L1 between the version's whole-head quantiles
+    mapped by its scanner-free curve and the clean head's quantiles (normalized units)."""
+    return (free_q.float() - clean_q.float()).abs().mean()

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .atomic import write_json_atomic
+from .atomic import write_json_atomic, write_text_atomic
 from .checkpoint import (
     CheckpointError,
     load_model,
@@ -322,12 +322,13 @@ def train(
     from tqdm import tqdm
 
     log = None
+    columns = list(LOSS_NAMES)  # fixed: D_b-only steps leave the other columns empty
     if rank == 0:
+        _align_loss_log(out / "losses.tsv", ["step", "lr", *columns])
         log = open(out / "losses.tsv", "a")  # noqa: SIM115 - closed in finally
     prefetch = Prefetcher(sampler)
     bar = tqdm(total=opts.steps, initial=start, disable=not opts.progress or rank != 0, unit="it")
     header_done = (out / "losses.tsv").stat().st_size > 0 if rank == 0 else True
-    columns = list(LOSS_NAMES)  # fixed: D_b-only steps leave the other columns empty
     t0 = time.perf_counter()
     try:
         for step in range(start, opts.steps):
@@ -342,6 +343,7 @@ def train(
                 clean,
                 pair.qa,
                 pair.qb,
+                pair.q_clean,
             )
             bar.update(1)
             bar.set_postfix(
@@ -376,6 +378,21 @@ def train(
         secs = time.perf_counter() - t0
         print(f"trained {opts.steps - start} steps in {secs:.0f} s -> {final}")
     return final
+
+
+def _align_loss_log(path: Path, header: list[str]) -> None:
+    """Give an existing ``losses.tsv`` (a resumed run) this version's columns: a log written
+    before a loss was added is rewritten (atomically) with the new header, each old value
+    under its own column name, the new columns empty; an empty or missing log is left."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    lines = path.read_text().splitlines()
+    old = lines[0].split("\t")
+    if old == header:
+        return
+    rows = [dict(zip(old, line.split("\t"), strict=False)) for line in lines[1:] if line]
+    body = ["\t".join(row.get(k, "") for k in header) for row in rows]
+    write_text_atomic(path, "\n".join(["\t".join(header), *body]) + "\n")
 
 
 def asdict_options(opts: TrainOptions) -> dict:

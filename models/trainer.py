@@ -18,7 +18,7 @@ __all__ = ["DisarmTrainer", "LOSS_NAMES"]
 #: reports D_b alone; steps without travelling heads leave the pair losses out).
 LOSS_NAMES = (
     "D_b", "D_enc", "D_cls_enc", "D_rand", "D_cls_rand", "adv_b", "adv_s", "cls_s", "rec", "cc",
-    "kl", "lat", "pair_content", "pair_free", "anchor", "pair_translate",
+    "kl", "lat", "pair_content", "pair_free", "anchor", "pair_translate", "anchor_quantiles",
 )  # fmt: skip
 
 
@@ -159,12 +159,13 @@ class DisarmTrainer:
         clean: torch.Tensor | None = None,
         qa: torch.Tensor | None = None,
         qb: torch.Tensor | None = None,
+        q_clean: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """One step on images of scanner a and b ((n, 1, D, H, W) each, same size) and their
         one-hot labels (n, C); ``clean``: for travelling heads (xa, xb one head on two
-        scanners), that head, normalized; ``qa``, ``qb``: the quantiles of their whole heads
-        (head curves; default: of xa, xb themselves, exact for whole volumes). Returns a dict
-        of float losses (see LOSS_NAMES)."""
+        scanners), that head, normalized; ``qa``, ``qb``, ``q_clean``: the quantiles of their
+        whole heads (head curves; default: of xa, xb, clean themselves, exact for whole
+        volumes). Returns a dict of float losses (see LOSS_NAMES)."""
         m, w = self.model, self.w
         m.train()
         x, c = torch.cat([xa, xb]), torch.cat([ca, cb])
@@ -263,7 +264,11 @@ class DisarmTrainer:
             "kl_content": (w.kl_content, L.kl_content(zb)),
         }
         if clean is not None:
-            terms.update(self._travelling_terms(zb0, x_pad, clean, n, size, cat([qa, qb])))
+            if q_clean is None:
+                q_clean = m.head_quantiles(clean)
+            terms.update(
+                self._travelling_terms(zb0, x_pad, clean, n, size, cat([qa, qb]), q_clean)
+            )
             # fake_a is b's head drawn with a's code and label: for one head, that is xa
             terms["pair_translate"] = (w.pair_translate, L.pair_translate(fake_enc, x))
         sum(weight * value for weight, value in terms.values()).backward()
@@ -303,9 +308,11 @@ class DisarmTrainer:
         self._end_step()
         return out
 
-    def _travelling_terms(self, zb0, x_pad, clean, n: int, size, head_q=None) -> dict:
+    def _travelling_terms(
+        self, zb0, x_pad, clean, n: int, size, head_q=None, q_clean=None
+    ) -> dict:
         """pair_content, pair_free and anchor of a travelling-head batch (noise-free codes:
-        inference uses them)."""
+        inference uses them), and anchor_quantiles with one curve per head."""
         m, w = self.model, self.w
         dev = zb0.device
         with autocast_for(self.device, self.amp):
@@ -315,11 +322,16 @@ class DisarmTrainer:
         free_a, free_b = free.split(n)
         zb0_a, zb0_b = zb0.split(n)
         anchor = 0.5 * (L.anchor(free_a, clean) + L.anchor(free_b, clean))
-        return {
+        terms = {
             "pair_content": (w.pair_content, L.pair_content(zb0_a, zb0_b)),
             "pair_free": (w.pair_free, L.pair_free(free_a, free_b)),
             "anchor": (w.anchor, anchor),
         }
+        if head_q is not None and q_clean is not None:
+            free_q = m.output_quantiles(head_q, zero_z, zero_c, detach=False)
+            q_clean = q_clean.to(dev).expand(2 * n, -1)
+            terms["anchor_quantiles"] = (w.anchor_quantiles, L.anchor_quantiles(free_q, q_clean))
+        return terms
 
 
 def _cat_or_none(parts: list[torch.Tensor | None]) -> torch.Tensor | None:

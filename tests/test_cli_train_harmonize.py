@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from models.checkpoint import read_card
+from models.trainer import LOSS_NAMES
 from pipeline.cli import harmonize as cli_harmonize
 from pipeline.cli import train as cli_train
 from pipeline.cli.train_inputs import preproc_images
@@ -78,11 +79,19 @@ def test_train_bids_resume_and_harmonize(derivatives, tmp_path, capsys):
     code = cli_train.main([str(derivatives), "--out", str(out), *FAST])
     err = capsys.readouterr().err
     assert code == 64 and err.count("\n") == 1 and "--resume" in err
-    # resume to 3 steps
+    # resume to 3 steps, from a log written before the last loss column existed: the log
+    # is rewritten with today's columns, old values under their names
+    log = out / "losses.tsv"
+    lines = [line.split("\t") for line in log.read_text().splitlines()]
+    log.write_text("".join("\t".join(cells[:-1]) + "\n" for cells in lines))
     args = [str(derivatives), "--out", str(out), *FAST, "--resume"]
     args[args.index("--steps") + 1] = "3"
     assert cli_train.main(args) == 0
     assert read_card(out / "model")["training"]["steps"] == 3
+    resumed = [line.split("\t") for line in log.read_text().splitlines()]
+    assert resumed[0] == ["step", "lr", *LOSS_NAMES] and len(resumed) == 4
+    assert all(len(row) == len(resumed[0]) for row in resumed)
+    assert [row[:-1] for row in resumed[1:3]] == [cells[:-1] for cells in lines[1:]]
     assert len(list((out / "checkpoints").glob("step-*"))) == 2  # --keep-checkpoints 2
 
     # disarm-harmonize with that model: image + sidecar, affine kept
