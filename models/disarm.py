@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .intensity import HEAD_STRIDE, head_quantiles
+from .intensity import HEAD_STRIDE, head_quantiles, intensity_quantiles
 from .networks import (
     AnatomyEncoder,
     ContentDiscriminator,
@@ -194,7 +194,7 @@ class Disarm(nn.Module):
         """Evenly spaced quantiles (B, Q) of each input's head voxels (above the background
         level -1 of normalized images; all voxels when too few are): where its tissues lie on
         the intensity axis, which the curves must map."""
-        return head_quantiles(x_pad, self.cfg.source_quantiles)
+        return intensity_quantiles(x_pad, self.cfg.source_quantiles)
 
     def detail(self, x_pad: torch.Tensor) -> torch.Tensor:
         """What the networks' resolution loses: ``x - up(down(x))`` (zero when k = 1)."""
