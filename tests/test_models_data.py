@@ -119,6 +119,25 @@ def test_head_quantiles_describe_the_whole_head_as_its_scanner_records_it(images
     torch.testing.assert_close(q, head_quantiles(sub, 8))
 
 
+def test_head_quantiles_keep_a_noisy_scanners_air_out():
+    """Rician-like noise lifts air voxels above a plain background threshold; the head's
+    quantiles (neighbourhood mean above 10% of the range) stay those of the head."""
+    from models.intensity import head_quantiles, intensity_quantiles
+
+    z, y, x = np.mgrid[:48, :48, :48].astype(np.float32)
+    r = np.sqrt((z - 24) ** 2 + (y - 24) ** 2 + (x - 24) ** 2)
+    head = np.where(r < 16, np.where(r < 8, 0.6, -0.4), -1.0).astype(np.float32)
+    noise = np.random.default_rng(0).normal(0, 0.08, head.shape)
+    noisy = head + np.where(head == -1.0, np.abs(noise), noise)  # air: the noise's magnitude
+    noisy_q = head_quantiles(torch.from_numpy(noisy.astype(np.float32))[None, None], 8)
+    levels = (np.arange(8) + 0.5) / 8
+    in_head = np.quantile(noisy[r < 16], levels)  # the head's own voxels, noise and all
+    # all but the lowest quantile: the mask's rim (a voxel of air around the head) is there
+    assert np.abs(noisy_q[0, 1:].numpy() - in_head[1:]).max() < 0.05
+    plain = intensity_quantiles(torch.from_numpy(noisy.astype(np.float32))[None, None], 8)
+    assert (plain[0, 1:].numpy() - in_head[1:]).min() < -0.3  # a plain threshold lets air in
+
+
 def test_age_matched_partners_on_a_skewed_cohort(images):
     """Site A young, site B old but for a few: with an age window, pairs are drawn among the
     participants of similar age, so the sites' age difference is not a scanner difference."""
