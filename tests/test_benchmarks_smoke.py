@@ -184,6 +184,18 @@ def test_speed_missing_input_is_one_line(tmp_path):
 
 
 def test_example_profiles_are_the_held_out_defaults():
+    from dataclasses import asdict
+
     from models.simulate import load_profiles, unseen_profiles
 
-    assert load_profiles(BENCH / "profiles_unseen.json") == unseen_profiles()
+    # to the last bits only: the defaults are computed (exp, powers), and libm's last bit
+    # differs between numpy builds
+    stored = [asdict(p) for p in load_profiles(BENCH / "profiles_unseen.json")]
+    defaults = [asdict(p) for p in unseen_profiles()]
+    assert [list(p) for p in stored] == [list(p) for p in defaults]
+    for got, want in zip(stored, defaults, strict=True):
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, rel=1e-12), (want["name"], key)
+            else:
+                assert got[key] == value, (want["name"], key)
