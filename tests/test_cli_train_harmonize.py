@@ -173,14 +173,21 @@ class _nullcontext:
         return False
 
 
-def test_train_from_tsv_with_simulated_scanners(derivatives, tmp_path):
+@pytest.mark.parametrize("config", ["fast", "head-curves"])
+def test_train_from_tsv_with_simulated_scanners(derivatives, tmp_path, config):
+    """Simulated travelling heads train end to end (head-curves: each image with its whole
+    head's quantiles, the quantile anchor in the log)."""
     files = sorted(derivatives.rglob("*_T1w.nii.gz"))[:2]
     tsv = tmp_path / "images.tsv"
     tsv.write_text("path\n" + "\n".join(str(f) for f in files) + "\n")
     out = tmp_path / "sim"
     args = [str(tsv), "--out", str(out), "--simulate-scanners", "default", *FAST]
-    assert cli_train.main([*args, "--elastic-p", "1.0"]) == 0
+    assert cli_train.main([*args, "--elastic-p", "1.0", "--config", config]) == 0
+    log = (out / "losses.tsv").read_text().splitlines()
+    quantile_anchor = [row.split("\t")[-1] for row in log[1:]]
+    assert any(quantile_anchor) == (config == "head-curves")
     card = read_card(out / "model")
+    assert card["config"]["name"] == config
     assert len(card["scanners"]) == 4
     assert card["scanner_info"]["ge-signa-spgr-1.5t"]["simulated"]
     assert card["training"]["travelling_heads"] and card["training"]["randomized_scanners"]
