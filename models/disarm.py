@@ -177,8 +177,7 @@ class Disarm(nn.Module):
         if head_q is None:
             return None
         lo, hi = -1.0, self.cfg.clip_max
-        raw = self.gen.head(torch.cat([head_q.to(z.dtype), c.to(z.dtype), z], 1))
-        knots = monotone_knots(raw.float(), lo, hi)
+        knots = monotone_knots(self.gen.head_curve(head_q, c, z).float(), lo, hi)
         out = apply_knots(head_q.float()[:, None], knots, lo, hi)[:, 0]
         return out.detach() if detach else out
 

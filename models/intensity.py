@@ -61,7 +61,8 @@ def intensity_quantiles(x: torch.Tensor, n: int) -> torch.Tensor:
     """Evenly spaced quantiles (B, n) of each normalized image's voxels above the background
     level -1 (all voxels when fewer than 64 are): where a window's tissues lie on the
     intensity axis. x (B, 1, ...)."""
-    return _quantiles(x.detach().float(), x.detach().float() > -0.95, n)
+    x = x.detach().float()
+    return _quantiles(x, x > -0.95, n)
 
 
 def head_quantiles(x: torch.Tensor, n: int, stride: int = 1) -> torch.Tensor:

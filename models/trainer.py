@@ -169,14 +169,14 @@ class DisarmTrainer:
         m, w = self.model, self.w
         m.train()
         x, c = torch.cat([xa, xb]), torch.cat([ca, cb])
-        # head curves: each image's head quantiles, and those of what G makes from it
-        qa = m.head_quantiles(xa) if qa is None else qa.to(xa.device)
-        qb = m.head_quantiles(xb) if qb is None else qb.to(xb.device)
-        cat = _cat_or_none
         if self.content_d_alone():
             out = {"D_b": self._update_content_d(x, c)}
             self._end_step()
             return out
+        # head curves: each image's head quantiles, and those of what G makes from it
+        qa = m.head_quantiles(xa) if qa is None else qa.to(xa.device)
+        qb = m.head_quantiles(xb) if qb is None else qb.to(xb.device)
+        cat = _cat_or_none
         out: dict[str, float] = {}
         if self.content_d_every == 1:
             out["D_b"] = self._update_content_d(x, c)

@@ -111,6 +111,13 @@ class Generator(nn.Module):
             with torch.no_grad():
                 self.head.bias[1] = 3.0  # gate sigmoid(3) = 0.95: a new model keeps the detail
 
+    def head_curve(
+        self, head_quantiles: torch.Tensor, c: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
+        """``curve_grid="head"``: the head's raw curve (B, K), from its quantiles, the label
+        and the code alone."""
+        return self.head(torch.cat([head_quantiles.to(z.dtype), c.to(z.dtype), z], 1))
+
     def forward(
         self,
         zb: torch.Tensor,
@@ -130,9 +137,8 @@ class Generator(nn.Module):
             if head_quantiles is None:
                 raise ValueError("this generator draws one curve per head: it needs its quantiles")
             hq = head_quantiles.to(h.dtype)
-            knots = self.head(torch.cat([hq, c, z], 1))
             gain = self.gain(torch.cat([h.mean((2, 3, 4)), quantiles.to(h.dtype), hq, c, z], 1))
-            return torch.cat([knots, gain], 1)
+            return torch.cat([self.head_curve(hq, c, z), gain], 1)
         if self.per_window:
             return self.head(torch.cat([h.mean((2, 3, 4)), quantiles.to(h.dtype), c, z], 1))
         h = self.up2(torch.cat([h, tile(z, h)], 1))
