@@ -178,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=METHODS + ORACLES,
         default=list(METHODS),
-        help="oracle-curve (a bound, not a method: each version histogram-matched to its own "
-        "clean head) runs only when named",
+        help="oracle-curve and oracle-landmarks (bounds, not methods: each version "
+        "histogram-matched to its own clean head, or mapped to it through 16 head quantiles) "
+        "run only when named",
     )
     p.add_argument("--resolution", type=int, choices=(1, 2), default=1, help="when preprocessing")
     p.add_argument("--work", type=Path, help="work folder when preprocessing (default: temp)")

@@ -49,6 +49,9 @@ __all__ = [
     "windows",
     "apply_curves",
     "apply_knots",
+    "apply_landmarks",
+    "landmark_levels",
+    "monotone_values",
     "monotone_knots",
 ]
 
@@ -138,14 +141,12 @@ class Disarm(nn.Module):
             head_q = self.head_quantiles(x_pad)
         out = self.gen(zb, z, c, canvas, quantiles, head_q)
         if self.cfg.curves_per_window:
-            lo, hi = -1.0, self.cfg.clip_max
-            k = self.cfg.curve_knots
-            knots = monotone_knots(out[:, :k].float(), lo, hi)
+            k = self.cfg.head_knots if self.cfg.curves_per_head else self.cfg.curve_knots
             x = x_pad.float()
             if self.cfg.curves_per_head:  # the window's gain first: a bias field multiplies
                 g = _WINDOW_GAIN_LIMIT * torch.tanh(out[:, k:].float() / _WINDOW_GAIN_LIMIT)
                 x = (x + 1.0) * g.exp().view(-1, 1, 1, 1, 1) - 1.0
-            return self.crop(apply_knots(x, knots, lo, hi), size)
+            return self.crop(self._apply_head_curve(x, out[:, :k], head_q), size)
         k = self.cfg.io_downsample
         if k > 1:
             out = F.interpolate(out, scale_factor=k, mode="trilinear", align_corners=False)
@@ -176,10 +177,20 @@ class Disarm(nn.Module):
         ``detach=False`` keeps the graph (a loss on them trains the curve)."""
         if head_q is None:
             return None
-        lo, hi = -1.0, self.cfg.clip_max
-        knots = monotone_knots(self.gen.head_curve(head_q, c, z).float(), lo, hi)
-        out = apply_knots(head_q.float()[:, None], knots, lo, hi)[:, 0]
+        raw = self.gen.head_curve(head_q, c, z)
+        out = self._apply_head_curve(head_q.float()[:, None], raw, head_q)[:, 0]
         return out.detach() if detach else out
+
+    def _apply_head_curve(
+        self, x: torch.Tensor, raw: torch.Tensor, head_q: torch.Tensor | None
+    ) -> torch.Tensor:
+        """One monotone curve per image (per window, or per head) from G's raw knots (B, K),
+        applied to x (B, 1, ...): at even levels, or at the head's landmarks ``head_q``."""
+        lo, hi = -1.0, self.cfg.clip_max
+        if self.cfg.curve_levels == "quantiles":
+            levels = landmark_levels(head_q.float(), lo, hi)
+            return apply_landmarks(x, levels, monotone_values(raw.float(), levels), lo, hi)
+        return apply_knots(x, monotone_knots(raw.float(), lo, hi), lo, hi)
 
     def canvas(self, x_pad: torch.Tensor) -> torch.Tensor:
         """The input's local mean and standard deviation on z_b's grid (B, 2, d, h, w)."""
@@ -283,6 +294,43 @@ def monotone_knots(raw: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     rises = step * F.softplus(raw[:, 1:] + _SOFTPLUS_ONE)
     first = lo + raw[:, :1]
     return torch.cat([first, first + rises.cumsum(1)], 1)
+
+
+#: the smallest gap between two landmarks (tied quantiles: a saturated or 8-bit head)
+_LANDMARK_GAP = 1e-3
+
+
+def landmark_levels(head_q: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """(B, Q) head quantiles -> (B, Q + 2) strictly increasing knot levels: ``lo``, the
+    quantiles, ``hi`` (ties and reversals opened to ``_LANDMARK_GAP``)."""
+    b = head_q.shape[0]
+    ends = head_q.new_full((b, 1), lo), head_q.new_full((b, 1), hi)
+    levels = torch.cat([ends[0], head_q.clamp(lo, hi), ends[1]], 1)
+    gaps = levels.diff(dim=1).clamp_min(_LANDMARK_GAP)
+    return torch.cat([ends[0], lo + gaps.cumsum(1)], 1)
+
+
+def monotone_values(raw: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """(B, K) raw outputs -> (B, K) increasing values of one curve per image at its (B, K)
+    ``levels``: the first raw value shifts the lowest, the others set each rise as a softplus
+    multiple of the identity's rise (raw = 0 is the identity)."""
+    rises = levels.diff(dim=1) * F.softplus(raw[:, 1:] + _SOFTPLUS_ONE)
+    first = levels[:, :1] + raw[:, :1]
+    return torch.cat([first, first + rises.cumsum(1)], 1)
+
+
+def apply_landmarks(
+    x: torch.Tensor, levels: torch.Tensor, values: torch.Tensor, lo: float, hi: float
+) -> torch.Tensor:
+    """One piecewise-linear curve per image through (``levels``, ``values``) (B, K each,
+    levels increasing), applied to x (B, 1, ...) clamped to [lo, hi]."""
+    n = levels.shape[1]
+    flat = x.clamp(lo, hi).reshape(x.shape[0], -1)
+    i = torch.searchsorted(levels.contiguous(), flat.contiguous(), right=True) - 1
+    i = i.clamp(0, n - 2)
+    x0, x1 = levels.gather(1, i), levels.gather(1, i + 1)
+    v0, v1 = values.gather(1, i), values.gather(1, i + 1)
+    return (v0 + (flat - x0) / (x1 - x0) * (v1 - v0)).view_as(x)
 
 
 def apply_knots(x: torch.Tensor, knots: torch.Tensor, lo: float, hi: float) -> torch.Tensor:

@@ -75,7 +75,12 @@ class LossWeights:
         """
         curves = {"rec": 1.0, "cc": 1.0, "adv_s": 0.1, "cls_s_fake": 0.5}
         window = {**curves, "pair_free": 2.0, "anchor": 20.0}
-        preset = {"curves": curves, "window-curves": window, "head-curves": window}
+        preset = {
+            "curves": curves,
+            "window-curves": window,
+            "head-curves": window,
+            "landmark-curves": window,
+        }
         return cls(**{**preset.get(config, {}), **overrides})
 
 

@@ -120,21 +120,23 @@ def test_quality_table(demo):
 
 
 def test_quality_oracle_curve_bounds_global_curves(demo):
-    """oracle-curve (named only): each version histogram-matched to its own clean head. It
-    undoes the scanners' global intensity changes, so the versions' GM fractions agree better
-    than unharmonized and the anatomy is closer to the clean head."""
+    """oracle-curve and oracle-landmarks (named only): each version histogram-matched to its
+    own clean head, or mapped to it through 16 head quantiles. They undo the scanners' global
+    intensity changes, so the versions' GM fractions agree better than unharmonized and the
+    versions of a head agree better."""
     out = demo["root"] / "quality-oracle"
     proc = _run(
         "bench_quality.py", demo["bids"], "--deriv", demo["deriv"], "--methods", "none",
-        "oracle-curve", "--profiles", BENCH / "profiles_unseen.json", "--n-scanners", "2",
-        "--out", out,
+        "oracle-curve", "oracle-landmarks", "--profiles", BENCH / "profiles_unseen.json",
+        "--n-scanners", "2", "--out", out,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["method"]: r for r in _read_csv(out / "quality.csv")}
-    assert list(rows) == ["clean", "none", "oracle-curve"]
+    assert list(rows) == ["clean", "none", "oracle-curve", "oracle-landmarks"]
     value = {m: {k: float(v) for k, v in r.items() if k != "method"} for m, r in rows.items()}
-    assert value["oracle-curve"]["pair_mad"] < value["none"]["pair_mad"]
-    assert value["oracle-curve"]["gm_cov"] < value["none"]["gm_cov"]
+    for oracle in ("oracle-curve", "oracle-landmarks"):
+        assert value[oracle]["pair_mad"] < value["none"]["pair_mad"], oracle
+        assert value[oracle]["gm_cov"] < value["none"]["gm_cov"], oracle
 
 
 def test_quality_user_error_is_one_line(demo, tmp_path):

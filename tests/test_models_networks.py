@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.disarm import Disarm, one_hot, windows
+from models.disarm import (
+    Disarm,
+    apply_landmarks,
+    landmark_levels,
+    monotone_values,
+    one_hot,
+    windows,
+)
 from models.networks import (
     AnatomyEncoder,
     ContentDiscriminator,
@@ -138,13 +145,15 @@ def test_window_curves_map_a_window_by_one_increasing_curve():
     torch.testing.assert_close(apply_knots(levels, knots, -1.0, 2.0), knots.view(1, 1, 3))
 
 
-def test_head_curves_give_every_window_of_a_head_one_curve():
+@pytest.mark.parametrize("config", ["head-curves", "landmark-curves"])
+def test_head_curves_give_every_window_of_a_head_one_curve(config):
     """curve_grid="head": a new model is the identity; the curve depends on the head's
     quantiles, not on the window, so two windows with different content map one level alike
     (the windows' gains set to zero), and ``output_quantiles`` is where that curve takes the
-    head's quantiles; windowed translation reads the whole head's quantiles."""
+    head's quantiles; windowed translation reads the whole head's quantiles. Knots at even
+    levels or at the head's own quantiles (landmark-curves) alike."""
     torch.manual_seed(4)
-    model = Disarm(get_config("head-curves", n_scanners=2)).eval()
+    model = Disarm(get_config(config, n_scanners=2)).eval()
     assert not hasattr(model.gen, "up2")
     x = torch.rand(1, 1, 32, 16, 16) * 3 - 1
     z, c = torch.zeros(1, 8), one_hot([0], 2)
@@ -321,3 +330,31 @@ def test_up_norm_fixes_the_output_level_of_a_patch():
                      for s in (-2.0, 0.0, 2.0)]  # fmt: skip
         spread[norm] = max(means) - min(means)
     assert spread[False] > 5 * spread[True]
+
+
+def test_landmark_curves_pass_through_their_values_at_the_heads_quantiles():
+    """Knots at a head's quantiles: the levels are the range's ends and the quantiles (tied
+    ones opened), raw 0 is the identity, and the curve takes each landmark to its value and
+    is linear between landmarks."""
+    q = torch.tensor([[-0.5, 0.0, 0.0, 0.8]])
+    levels = landmark_levels(q, -1.0, 2.0)
+    assert levels[0, 0] == -1.0 and (levels.diff(dim=1) > 0).all()
+    # an opened tie shifts the levels above it by the gap (1e-3), no more
+    torch.testing.assert_close(
+        levels[0, [1, 2, 4]], torch.tensor([-0.5, 0.0, 0.8]), atol=2e-3, rtol=0
+    )
+    assert 0 < levels[0, 3] - levels[0, 2] < 0.01
+    x = torch.linspace(-1, 2, 31).view(1, 1, 31)
+    identity = monotone_values(torch.zeros(1, 6), levels)
+    torch.testing.assert_close(apply_landmarks(x, levels, identity, -1.0, 2.0), x)
+    values = monotone_values(torch.tensor([[0.1, -2.0, 1.0, 0.0, 3.0, -1.0]]), levels)
+    assert (values.diff(dim=1) > 0).all()
+    at_levels = apply_landmarks(levels[:, :5].view(1, 1, 5), levels, values, -1.0, 2.0)
+    torch.testing.assert_close(at_levels.view(1, 5), values[:, :5])  # the top: clamped to hi
+    mid = (levels[:, 1:2] + levels[:, 4:5]) / 2  # between the first and last quantile...
+    y = apply_landmarks(mid.view(1, 1, 1), levels, values, -1.0, 2.0)
+    seg = int(torch.searchsorted(levels[0], mid[0], right=True)) - 1
+    t = (mid[0, 0] - levels[0, seg]) / (levels[0, seg + 1] - levels[0, seg])
+    torch.testing.assert_close(
+        y.view(()), values[0, seg] + t * (values[0, seg + 1] - values[0, seg])
+    )

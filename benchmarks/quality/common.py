@@ -18,7 +18,7 @@ DEFAULT_BIDS = REPO.parent / "shared" / "data" / "ixi-hh"
 METHODS = ("none", "zscore", "histmatch", "nyul", "whitestripe", "disarm-free", "disarm-target")
 DISARM_METHODS = ("disarm-free", "disarm-target")
 #: Not harmonizers: bounds that read the clean head (run only when named).
-ORACLES = ("oracle-curve",)
+ORACLES = ("oracle-curve", "oracle-landmarks")
 #: Percentiles of the brain voxels kept per image (every 0.1%): enough for the summaries,
 #: the histograms and the pooled per-method scale, without keeping the images.
 QUANTILES = np.linspace(0.0, 100.0, 1001)

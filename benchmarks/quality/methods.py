@@ -52,6 +52,11 @@ def build_methods(
         # leave is beyond any global intensity curve
         return match_histograms(x, clean)
 
+    def oracle_landmarks(x: Volume, mask: np.ndarray, clean: Volume) -> Volume:
+        # the same truth through the landmark-curves model's own form: a piecewise-linear
+        # curve through the version's 16 head quantiles, each taken to the clean head's
+        return _landmark_map(x, clean)
+
     def disarm(mode: str) -> MethodFn:
         def run(x: Volume, mask: np.ndarray) -> Volume:
             out, _ = harmonizer.harmonize(
@@ -70,5 +75,24 @@ def build_methods(
         "disarm-free": disarm("scanner-free"),
         "disarm-target": disarm("target"),
         "oracle-curve": oracle_curve,
+        "oracle-landmarks": oracle_landmarks,
     }
     return {n: table[n] for n in names}
+
+
+def _landmark_map(x: Volume, clean: Volume, n: int = 16) -> Volume:
+    """x mapped by the piecewise-linear curve that takes its ``n`` head quantiles (as the
+    landmark-curves model reads them, on normalized intensities) to the clean head's."""
+    import torch
+
+    from models.intensity import HEAD_STRIDE, head_quantiles, normalize, robust_range
+
+    def landmarks(v: Volume) -> tuple[np.ndarray, tuple[float, float]]:
+        lo, hi = robust_range(v)
+        t = torch.from_numpy(normalize(v, lo, hi, 2.0))[None, None]
+        q = head_quantiles(t, n, HEAD_STRIDE)[0].numpy().astype(np.float64)
+        return np.concatenate([[-1.0], np.maximum.accumulate(q), [2.0]]), (lo, hi)
+
+    (qx, (lo, hi)), (qc, (clo, chi)) = landmarks(x), landmarks(clean)
+    y = np.interp(normalize(x, lo, hi, 2.0), qx, qc)
+    return ((y + 1) * (chi - clo) / 2 + clo).astype(np.float32)

@@ -7,6 +7,7 @@ from .config import (
     fast_config,
     get_config,
     head_curves_config,
+    landmark_curves_config,
     reference_config,
     window_curves_config,
 )
@@ -26,5 +27,6 @@ __all__ = [
     "curves_config",
     "window_curves_config",
     "head_curves_config",
+    "landmark_curves_config",
     "get_config",
 ]

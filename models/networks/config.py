@@ -11,6 +11,7 @@ __all__ = [
     "curves_config",
     "window_curves_config",
     "head_curves_config",
+    "landmark_curves_config",
     "get_config",
 ]
 
@@ -41,6 +42,12 @@ class NetworkConfig:
     drawn from the quantiles of the whole head (a 1-in-4 subsample), the label and the code
     only, so every window of a head gets the same tissue mapping, composed with a bounded gain
     per window (``y = curve((x + 1) g - 1)``: a smooth bias field, blended across windows).
+    ``curve_levels`` (head curves): where a head's curve has its knots on the input axis:
+    ``"even"`` = ``curve_knots`` evenly spaced levels over the normalized range;
+    ``"quantiles"`` = the head's own ``curve_quantiles`` quantiles (its landmarks, as in Nyul
+    and Udupa's standardization) and the two ends of the range, so the knots sit where the
+    head's tissues are and G draws the value each landmark takes (a learned standard scale,
+    per head and scanner code) rather than a curve over levels no tissue may occupy.
     ``upsample``: how G doubles its size: ``"resize"`` (trilinear x2, then a 3x3x3 conv: no
     checkerboard) or ``"transpose"`` (the reference's ConvTranspose3d(k=3, stride=2), whose
     kernel overlaps unevenly and prints a period-2 grid; Odena et al., Distill 2016) or
@@ -79,6 +86,7 @@ class NetworkConfig:
     curve_knots: int = 12  #: with output="curves": knots of each voxel's intensity curve
     curve_quantiles: int = 16  #: with output="curves": G sees this many input quantiles
     curve_grid: str = "voxel"  #: with output="curves": one curve per "voxel", "window", "head"
+    curve_levels: str = "even"  #: head curves: knots at "even" levels or the head's "quantiles"
 
     def __post_init__(self) -> None:
         if self.n_scanners < 2:
@@ -91,6 +99,10 @@ class NetworkConfig:
             raise ValueError("curve_knots must be at least 2")
         if self.curve_grid not in ("voxel", "window", "head"):
             raise ValueError("curve_grid must be 'voxel', 'window' or 'head'")
+        if self.curve_levels not in ("even", "quantiles"):
+            raise ValueError("curve_levels must be 'even' or 'quantiles'")
+        if self.curve_levels == "quantiles" and self.curve_grid != "head":
+            raise ValueError("curve_levels='quantiles' needs one curve per head")
         if self.upsample not in ("resize", "transpose", "reference"):
             raise ValueError("upsample must be 'resize', 'transpose' or 'reference'")
         if self.output == "image" and self.clip_max != 1.0:
@@ -112,6 +124,12 @@ class NetworkConfig:
         """G draws one curve per head and a gain per window (``curve_grid="head"``): it needs
         the quantiles of the whole head, not only of the window."""
         return self.output == "curves" and self.curve_grid == "head"
+
+    @property
+    def head_knots(self) -> int:
+        """Knots of a head's curve: ``curve_knots`` even levels, or the head's
+        ``curve_quantiles`` landmarks and the two ends of the range."""
+        return self.curve_quantiles + 2 if self.curve_levels == "quantiles" else self.curve_knots
 
     @property
     def source_quantiles(self) -> int:
@@ -178,15 +196,24 @@ def head_curves_config(n_scanners: int = 5) -> NetworkConfig:
     return replace(curves_config(n_scanners), name="head-curves", curve_grid="head")
 
 
+def landmark_curves_config(n_scanners: int = 5) -> NetworkConfig:
+    """The head-curves configuration with its knots at the head's own quantiles
+    (``curve_levels="quantiles"``)."""
+    return replace(
+        head_curves_config(n_scanners), name="landmark-curves", curve_levels="quantiles"
+    )
+
+
 def get_config(name: str, n_scanners: int = 5, **overrides) -> NetworkConfig:
-    """``"reference"``, ``"fast"``, ``"curves"``, ``"window-curves"`` or ``"head-curves"``,
-    with optional field overrides."""
+    """``"reference"``, ``"fast"``, ``"curves"``, ``"window-curves"``, ``"head-curves"`` or
+    ``"landmark-curves"``, with optional field overrides."""
     presets = {
         "reference": reference_config,
         "fast": fast_config,
         "curves": curves_config,
         "window-curves": window_curves_config,
         "head-curves": head_curves_config,
+        "landmark-curves": landmark_curves_config,
     }
     if name not in presets:
         raise ValueError(f"unknown network configuration {name!r}; known: {', '.join(presets)}")

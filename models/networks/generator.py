@@ -56,7 +56,7 @@ class Generator(nn.Module):
     of its head's intensities (B, Q), joined to the content code. With
     ``curve_grid="window"`` G returns one curve per window (B, K): an MLP reads the window's
     mean features, the quantiles, the label and the code. With ``curve_grid="head"`` it
-    returns (B, K + 1): the head's curve, from the quantiles of the whole head
+    returns (B, K + 1) (K = ``head_knots``): the head's curve, from the quantiles of the whole head
     (``head_quantiles``, (B, Q)), the label and the code alone, and the window's log-gain.
     """
 
@@ -78,7 +78,7 @@ class Generator(nn.Module):
             width = 4 * cfg.curve_knots
             if self.per_head:
                 # the head's curve sees nothing of the window; the window's gain sees both
-                self.head = _mlp(self.n_quantiles + nc + nz, width, cfg.curve_knots)
+                self.head = _mlp(self.n_quantiles + nc + nz, width, cfg.head_knots)
                 self.gain = _mlp(t + 2 * self.n_quantiles + nc + nz, width, 1)
             else:
                 self.head = _mlp(t + self.n_quantiles + nc + nz, width, cfg.curve_knots)
