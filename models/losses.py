@@ -10,7 +10,9 @@ scanner's code and label is that scanner's version of it: target mode learns fro
 E_s must encode what makes a scanner's image, which the identity-friendly L_rec never asks).
 With one curve per head, ``anchor_quantiles``: the head's scanner-free curve takes the
 version's whole-head quantiles to the clean head's (the patch anchor sees one patch; this
-one the whole head's tissue levels, what a segmentation reads).
+one the whole head's tissue levels, what a segmentation reads), and ``translate_quantiles``:
+the head's curve drawn with the other scanner's code and label takes its quantiles to the
+other version's (``pair_translate`` for the whole head: target mode's tissue levels).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "anchor",
     "pair_translate",
     "anchor_quantiles",
+    "translate_quantiles",
 ]
 
 
@@ -56,6 +59,7 @@ class LossWeights:
     anchor: float = 10.0  #: travelling heads: scanner-free output = the clean head (L1)
     pair_translate: float = 10.0  #: travelling heads: a -> b translation = b's version (L1)
     anchor_quantiles: float = 10.0  #: head curves: free curve maps head quantiles to clean's
+    translate_quantiles: float = 10.0  #: head curves: a -> b curve maps a's quantiles to b's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,3 +158,10 @@ def anchor_quantiles(free_q: torch.Tensor, clean_q: torch.Tensor) -> torch.Tenso
     """Travelling heads, one curve per head: L1 between the version's whole-head quantiles
     mapped by its scanner-free curve and the clean head's quantiles (normalized units)."""
     return (free_q.float() - clean_q.float()).abs().mean()
+
+
+def translate_quantiles(translated_q: torch.Tensor, target_q: torch.Tensor) -> torch.Tensor:
+    """Travelling heads, one curve per head: L1 between one version's whole-head quantiles
+    mapped by the curve drawn with the other scanner's code and label, and the other
+    version's quantiles (normalized units)."""
+    return (translated_q.float() - target_q.float()).abs().mean()

@@ -19,6 +19,7 @@ __all__ = ["DisarmTrainer", "LOSS_NAMES"]
 LOSS_NAMES = (
     "D_b", "D_enc", "D_cls_enc", "D_rand", "D_cls_rand", "adv_b", "adv_s", "cls_s", "rec", "cc",
     "kl", "lat", "pair_content", "pair_free", "anchor", "pair_translate", "anchor_quantiles",
+    "translate_quantiles",
 )  # fmt: skip
 
 
@@ -271,6 +272,10 @@ class DisarmTrainer:
             )
             # fake_a is b's head drawn with a's code and label: for one head, that is xa
             terms["pair_translate"] = (w.pair_translate, L.pair_translate(fake_enc, x))
+            if qa is not None:  # and the whole head's quantiles: b's through that curve, a's
+                q_fake = m.output_quantiles(cat([qb, qa]), zs, c, detach=False)
+                loss = L.translate_quantiles(q_fake, cat([qa, qb]))
+                terms["translate_quantiles"] = (w.translate_quantiles, loss)
         sum(weight * value for weight, value in terms.values()).backward()
         self._sync(*encgen)
         for k in ("enc_b", "enc_s", "gen"):

@@ -182,10 +182,10 @@ def test_travelling_heads_add_their_losses_and_learn_the_anchor(config):
     ca, cb = one_hot([0], 2), one_hot([1], 2)
     history = [tr.step(xa, xb, ca, cb, clean) for _ in range(40)]
     travelling = {"pair_content", "pair_free", "anchor", "pair_translate"}
-    if config != "curves":  # the whole head's quantiles, mapped by the free curve
-        travelling.add("anchor_quantiles")
+    if config != "curves":  # the whole head's quantiles, mapped by the free / a -> b curve
+        travelling |= {"anchor_quantiles", "translate_quantiles"}
     assert travelling <= set(history[0]) <= set(LOSS_NAMES)
-    for name in travelling & {"anchor", "anchor_quantiles"}:
+    for name in travelling & {"anchor", "anchor_quantiles", "translate_quantiles"}:
         values = [h[name] for h in history]
         assert sum(values[-3:]) / 3 < 0.8 * sum(values[:2]) / 2, name
     plain = tr.step(xa, xb, ca, cb)
