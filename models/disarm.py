@@ -126,10 +126,13 @@ class Disarm(nn.Module):
         x_pad: torch.Tensor,
         size: tuple[int, int, int],
         head_q: torch.Tensor | None = None,
+        restore: bool = False,
     ) -> torch.Tensor:
         """G(z_b, z, c) at the input size; ``x_pad`` = the padded image z_b was encoded from;
         ``head_q`` = the quantiles of its whole head (:meth:`head_quantiles`; head curves
-        only, default: of ``x_pad`` itself, exact when it is the whole head)."""
+        only, default: of ``x_pad`` itself, exact when it is the whole head); ``restore``:
+        run G's restorer, when it has one, on the result (for the scanner-free output;
+        windowed translation runs it once on the blended image instead)."""
         canvas = quantiles = None
         if self.cfg.canvas_channels:
             # per-window curves read the quantiles at the networks' resolution (8x fewer
@@ -146,7 +149,10 @@ class Disarm(nn.Module):
             if self.cfg.curves_per_head:  # the window's gain first: a bias field multiplies
                 g = _WINDOW_GAIN_LIMIT * torch.tanh(out[:, k:].float() / _WINDOW_GAIN_LIMIT)
                 x = (x + 1.0) * g.exp().view(-1, 1, 1, 1, 1) - 1.0
-            return self.crop(self._apply_head_curve(x, out[:, :k], head_q), size)
+            y = self.crop(self._apply_head_curve(x, out[:, :k], head_q), size)
+            if restore and self.gen.restorer is not None:
+                y = self.gen.restorer(y)
+            return y
         k = self.cfg.io_downsample
         if k > 1:
             out = F.interpolate(out, scale_factor=k, mode="trilinear", align_corners=False)
@@ -236,9 +242,11 @@ class Disarm(nn.Module):
         """
         size = tuple(x.shape[2:])
         head_q = self.head_quantiles(x)  # of the whole head, before it is cut into windows
+        # the scanner-free output (label zero) is restored, when G has a restorer
+        restore = self.gen.restorer is not None and not bool(c.any())
         if tile is None or all(s <= tile for s in size):
             zb, x_pad = self.content(x)
-            return self.generate(zb, z, c, x_pad, size, head_q)
+            return self.generate(zb, z, c, x_pad, size, head_q, restore)
         if x.shape[0] != 1:
             raise ValueError("windowed translation takes one image at a time")
         boxes = [
@@ -255,11 +263,15 @@ class Disarm(nn.Module):
             n = len(group)
             zb, x_pad = self.content(xs)
             hq = None if head_q is None else head_q.expand(n, -1)
-            ys = self.generate(zb, z.expand(n, -1), c.expand(n, -1), x_pad, shape, hq).float()
+            ys = self.generate(
+                zb, z.expand(n, -1), c.expand(n, -1), x_pad, shape, hq, restore=False
+            ).float()
             for box, y in zip(group, ys, strict=True):
                 out[(..., *box)] += w * y
                 weight[(..., *box)] += w
-        return torch.where(weight > 0, out / weight.clamp_min(1e-12), x.float())
+        out = torch.where(weight > 0, out / weight.clamp_min(1e-12), x.float())
+        # the restorer's convolutions see no windows: once, on the blended head
+        return self.gen.restorer(out).float() if restore else out
 
     def inference_modules(self) -> list[nn.Module]:
         return [self.enc_b, self.enc_s, self.gen]

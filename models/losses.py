@@ -84,6 +84,7 @@ class LossWeights:
             "window-curves": window,
             "head-curves": window,
             "landmark-curves": window,
+            "restoring-curves": window,
         }
         return cls(**{**preset.get(config, {}), **overrides})
 

@@ -323,7 +323,7 @@ class DisarmTrainer:
         with autocast_for(self.device, self.amp):
             zero_z = torch.zeros(2 * n, self.cfg.z_dim, device=dev)
             zero_c = torch.zeros(2 * n, self.cfg.n_scanners, device=dev)
-            free = m.generate(zb0, zero_z, zero_c, x_pad, size, head_q)
+            free = m.generate(zb0, zero_z, zero_c, x_pad, size, head_q, restore=True)
         free_a, free_b = free.split(n)
         zb0_a, zb0_b = zb0.split(n)
         anchor = 0.5 * (L.anchor(free_a, clean) + L.anchor(free_b, clean))

@@ -173,10 +173,11 @@ class _nullcontext:
         return False
 
 
-@pytest.mark.parametrize("config", ["fast", "head-curves"])
+@pytest.mark.parametrize("config", ["fast", "head-curves", "restoring-curves"])
 def test_train_from_tsv_with_simulated_scanners(derivatives, tmp_path, config):
-    """Simulated travelling heads train end to end (head-curves: each image with its whole
-    head's quantiles, the quantile anchor in the log)."""
+    """Simulated travelling heads train end to end (head curves: each image with its whole
+    head's quantiles, the quantile losses in the log; restoring-curves: the model harmonizes
+    with its restorer)."""
     files = sorted(derivatives.rglob("*_T1w.nii.gz"))[:2]
     tsv = tmp_path / "images.tsv"
     tsv.write_text("path\n" + "\n".join(str(f) for f in files) + "\n")
@@ -185,13 +186,22 @@ def test_train_from_tsv_with_simulated_scanners(derivatives, tmp_path, config):
     assert cli_train.main([*args, "--elastic-p", "1.0", "--config", config]) == 0
     log = (out / "losses.tsv").read_text().splitlines()
     quantile_anchor = [row.split("\t")[-1] for row in log[1:]]
-    assert any(quantile_anchor) == (config == "head-curves")
+    assert any(quantile_anchor) == (config != "fast")
     card = read_card(out / "model")
     assert card["config"]["name"] == config
     assert len(card["scanners"]) == 4
     assert card["scanner_info"]["ge-signa-spgr-1.5t"]["simulated"]
     assert card["training"]["travelling_heads"] and card["training"]["randomized_scanners"]
     assert card["training"]["data"]["images_per_scanner"]["siemens-prisma-mprage-3t"] == 2
+    if config == "restoring-curves":
+        import nibabel as nib
+
+        from models.harmonize import Harmonizer
+
+        assert card["config"]["restore_channels"] > 0
+        img = nib.load(files[0])
+        out_img, _ = Harmonizer.from_dir(out / "model").harmonize(img, mode="scanner-free")
+        assert out_img.shape == img.shape and np.isfinite(out_img.get_fdata()).all()
 
 
 def test_train_errors_are_one_line(derivatives, tmp_path, capsys):

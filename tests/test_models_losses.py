@@ -224,3 +224,25 @@ def test_trained_scanner_codes_separate_the_scanners():
     between = (a.mean(0) - b.mean(0)).norm()
     within = 0.5 * ((a - a.mean(0)).norm(dim=1).mean() + (b - b.mean(0)).norm(dim=1).mean())
     assert between > 5 * within
+
+
+def test_the_restorer_learns_from_travelling_heads_only():
+    """restoring-curves: the restorer acts on the scanner-free output, so a travelling-head
+    step (anchor, pair_free) updates it and a step on unpaired scanners leaves it alone."""
+    torch.manual_seed(0)
+    model = Disarm(get_config("restoring-curves", n_scanners=2))
+    weights = L.LossWeights.for_config("restoring-curves")
+    tr = DisarmTrainer(model, total_steps=100, lr=1e-3, weights=weights)
+    clean, _ = _volumes(5)
+    xa, xb = clean * 0.8 + 0.1 * torch.randn_like(clean), clean * 1.1
+    ca, cb = one_hot([0], 2), one_hot([1], 2)
+    r = model.gen.restorer.out.weight
+
+    def snapshot():
+        return r.detach().clone()
+
+    start = snapshot()
+    tr.step(xa, xb, ca, cb)
+    torch.testing.assert_close(snapshot(), start, rtol=0, atol=0)
+    tr.step(xa, xb, ca, cb, clean)
+    assert (snapshot() - start).abs().max() > 0

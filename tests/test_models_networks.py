@@ -358,3 +358,21 @@ def test_landmark_curves_pass_through_their_values_at_the_heads_quantiles():
     torch.testing.assert_close(
         y.view(()), values[0, seg] + t * (values[0, seg + 1] - values[0, seg])
     )
+
+
+def test_restorer_runs_on_the_scanner_free_output_only():
+    """restoring-curves: a new restorer is the identity; once it holds weights it changes the
+    scanner-free output (label zero), windowed or whole, and never a translation to a
+    scanner."""
+    torch.manual_seed(0)
+    model = Disarm(get_config("restoring-curves", n_scanners=2)).eval()
+    x = torch.rand(1, 1, 40, 40, 40) * 2 - 1
+    z, free, to_scanner = torch.zeros(1, 8), torch.zeros(1, 2), one_hot([1], 2)
+    with torch.no_grad():
+        torch.testing.assert_close(model.translate(x, z, free, tile=32), x, atol=0.03, rtol=0)
+        before = {t: model.translate(x, z, to_scanner, tile=t) for t in (None, 32)}
+        plain = {t: model.translate(x, z, free, tile=t) for t in (None, 32)}
+        torch.nn.init.normal_(model.gen.restorer.out.weight, 0, 0.1)
+        for t in (None, 32):
+            assert (model.translate(x, z, free, tile=t) - plain[t]).abs().mean() > 1e-3
+            torch.testing.assert_close(model.translate(x, z, to_scanner, tile=t), before[t])

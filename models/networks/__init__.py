@@ -9,16 +9,19 @@ from .config import (
     head_curves_config,
     landmark_curves_config,
     reference_config,
+    restoring_curves_config,
     window_curves_config,
 )
 from .discriminators import ContentDiscriminator, ImageDiscriminator
 from .generator import Generator
+from .restorer import Restorer
 from .scanner_encoder import ScannerEncoder
 
 __all__ = [
     "AnatomyEncoder",
     "ScannerEncoder",
     "Generator",
+    "Restorer",
     "ContentDiscriminator",
     "ImageDiscriminator",
     "NetworkConfig",
@@ -28,5 +31,6 @@ __all__ = [
     "window_curves_config",
     "head_curves_config",
     "landmark_curves_config",
+    "restoring_curves_config",
     "get_config",
 ]

@@ -12,6 +12,7 @@ __all__ = [
     "window_curves_config",
     "head_curves_config",
     "landmark_curves_config",
+    "restoring_curves_config",
     "get_config",
 ]
 
@@ -48,6 +49,10 @@ class NetworkConfig:
     and Udupa's standardization) and the two ends of the range, so the knots sit where the
     head's tissues are and G draws the value each landmark takes (a learned standard scale,
     per head and scanner code) rather than a curve over levels no tissue may occupy.
+    ``restore_channels`` (head curves): > 0 adds R after the curve of the scanner-free
+    output (label zero), a small full-resolution convolutional restorer
+    (``models.networks.restorer``) for what a curve cannot map: blur and noise. At inference
+    it runs once on the blended whole image.
     ``upsample``: how G doubles its size: ``"resize"`` (trilinear x2, then a 3x3x3 conv: no
     checkerboard) or ``"transpose"`` (the reference's ConvTranspose3d(k=3, stride=2), whose
     kernel overlaps unevenly and prints a period-2 grid; Odena et al., Distill 2016) or
@@ -87,6 +92,7 @@ class NetworkConfig:
     curve_quantiles: int = 16  #: with output="curves": G sees this many input quantiles
     curve_grid: str = "voxel"  #: with output="curves": one curve per "voxel", "window", "head"
     curve_levels: str = "even"  #: head curves: knots at "even" levels or the head's "quantiles"
+    restore_channels: int = 0  #: head curves: width of the full-resolution restorer (0 = none)
 
     def __post_init__(self) -> None:
         if self.n_scanners < 2:
@@ -101,6 +107,8 @@ class NetworkConfig:
             raise ValueError("curve_grid must be 'voxel', 'window' or 'head'")
         if self.curve_levels not in ("even", "quantiles"):
             raise ValueError("curve_levels must be 'even' or 'quantiles'")
+        if self.restore_channels and self.curve_grid != "head":
+            raise ValueError("restore_channels needs one curve per head")
         if self.curve_levels == "quantiles" and self.curve_grid != "head":
             raise ValueError("curve_levels='quantiles' needs one curve per head")
         if self.upsample not in ("resize", "transpose", "reference"):
@@ -204,9 +212,15 @@ def landmark_curves_config(n_scanners: int = 5) -> NetworkConfig:
     )
 
 
+def restoring_curves_config(n_scanners: int = 5) -> NetworkConfig:
+    """The landmark-curves configuration with an 8-channel full-resolution restorer after the
+    curve (``restore_channels=8``)."""
+    return replace(landmark_curves_config(n_scanners), name="restoring-curves", restore_channels=8)
+
+
 def get_config(name: str, n_scanners: int = 5, **overrides) -> NetworkConfig:
     """``"reference"``, ``"fast"``, ``"curves"``, ``"window-curves"``, ``"head-curves"`` or
-    ``"landmark-curves"``, with optional field overrides."""
+    ``"landmark-curves"`` or ``"restoring-curves"``, with optional field overrides."""
     presets = {
         "reference": reference_config,
         "fast": fast_config,
@@ -214,6 +228,7 @@ def get_config(name: str, n_scanners: int = 5, **overrides) -> NetworkConfig:
         "window-curves": window_curves_config,
         "head-curves": head_curves_config,
         "landmark-curves": landmark_curves_config,
+        "restoring-curves": restoring_curves_config,
     }
     if name not in presets:
         raise ValueError(f"unknown network configuration {name!r}; known: {', '.join(presets)}")

@@ -8,6 +8,7 @@ from torch import nn
 
 from .blocks import ResBlock, conv, init_weights, inorm, tile
 from .config import NetworkConfig
+from .restorer import Restorer
 
 
 class _Resize2(nn.Module):
@@ -62,6 +63,7 @@ class Generator(nn.Module):
 
     def __init__(self, cfg: NetworkConfig) -> None:
         super().__init__()
+        self.restorer: Restorer | None = None
         cb, nz, nc = cfg.content_channels, cfg.z_dim, cfg.n_scanners
         self.output = cfg.output
         self.canvas = cfg.canvas_channels
@@ -83,6 +85,8 @@ class Generator(nn.Module):
             else:
                 self.head = _mlp(t + self.n_quantiles + nc + nz, width, cfg.curve_knots)
             init_weights(self)
+            if cfg.restore_channels:  # after init_weights: R keeps PyTorch's init
+                self.restorer = Restorer(cfg.restore_channels)
             for mlp in (self.head, self.gain) if self.per_head else (self.head,):
                 for layer in mlp[:-1]:  # PyTorch's default init: N(0, 0.02) would starve it
                     if isinstance(layer, nn.Linear):

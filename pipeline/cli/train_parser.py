@@ -66,7 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and optimisation")
     g.add_argument(
         "--config",
-        choices=["fast", "curves", "window-curves", "head-curves", "landmark-curves", "reference"],
+        choices=[
+            "fast",
+            "curves",
+            "window-curves",
+            "head-curves",
+            "landmark-curves",
+            "restoring-curves",
+            "reference",
+        ],
         default="fast",
     )
     g.add_argument("--name", default="disarm", help="model name written to the model card")
