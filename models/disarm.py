@@ -242,8 +242,9 @@ class Disarm(nn.Module):
         """
         size = tuple(x.shape[2:])
         head_q = self.head_quantiles(x)  # of the whole head, before it is cut into windows
-        # the scanner-free output (label zero) is restored, when G has a restorer
-        restore = self.gen.restorer is not None and not bool(c.any())
+        # the scanner-free output (label and code zero, as R was trained) is restored, when
+        # G has a restorer
+        restore = self.gen.restorer is not None and not bool(c.any()) and not bool(z.any())
         if tile is None or all(s <= tile for s in size):
             zb, x_pad = self.content(x)
             return self.generate(zb, z, c, x_pad, size, head_q, restore)
@@ -270,8 +271,10 @@ class Disarm(nn.Module):
                 out[(..., *box)] += w * y
                 weight[(..., *box)] += w
         out = torch.where(weight > 0, out / weight.clamp_min(1e-12), x.float())
-        # the restorer's convolutions see no windows: once, on the blended head
-        return self.gen.restorer(out).float() if restore else out
+        if restore:  # R's convolutions see no windows: once, on the blended head; skipped
+            # windows keep x's values
+            out = torch.where(weight > 0, self.gen.restorer(out).float(), out)
+        return out
 
     def inference_modules(self) -> list[nn.Module]:
         return [self.enc_b, self.enc_s, self.gen]
