@@ -218,9 +218,10 @@ class DisarmTrainer:
             pad_fa, pad_fb = pad_r.split(n)
             # both cycles in one call: a batch of one would take the slow CPU convolution
             # fake_a is b's head drawn as a (fake_b the mirror): its head quantiles are b's
-            # through the curve G drew
-            q_fake_a = m.output_quantiles(qb, zs_a, ca)
-            q_fake_b = m.output_quantiles(qa, zs_b, cb)
+            # through the curve G drew; the cycle reads them detached, translate_quantiles
+            # (travelling heads) trains on them
+            q_fake = m.output_quantiles(cat([qb, qa]), zs, c, detach=clean is None)
+            q_fake_a, q_fake_b = (None, None) if q_fake is None else q_fake.detach().split(n)
             cyc = m.generate(
                 torch.cat([zb_ra, zb_rb]),
                 torch.cat([zs_ra, zs_rb]),
@@ -272,8 +273,7 @@ class DisarmTrainer:
             )
             # fake_a is b's head drawn with a's code and label: for one head, that is xa
             terms["pair_translate"] = (w.pair_translate, L.pair_translate(fake_enc, x))
-            if qa is not None:  # and the whole head's quantiles: b's through that curve, a's
-                q_fake = m.output_quantiles(cat([qb, qa]), zs, c, detach=False)
+            if q_fake is not None:  # and the whole head's quantiles: b's through that curve
                 loss = L.translate_quantiles(q_fake, cat([qa, qb]))
                 terms["translate_quantiles"] = (w.translate_quantiles, loss)
         sum(weight * value for weight, value in terms.values()).backward()

@@ -50,7 +50,7 @@ class NetworkConfig:
     head's tissues are and G draws the value each landmark takes (a learned standard scale,
     per head and scanner code) rather than a curve over levels no tissue may occupy.
     ``restore_channels`` (head curves): > 0 adds R after the curve of the scanner-free
-    output (label zero), a small full-resolution convolutional restorer
+    output (label and code zero), a small full-resolution convolutional restorer
     (``models.networks.restorer``) for what a curve cannot map: blur and noise. At inference
     it runs once on the blended whole image.
     ``upsample``: how G doubles its size: ``"resize"`` (trilinear x2, then a 3x3x3 conv: no
