@@ -133,22 +133,14 @@ class Disarm(nn.Module):
         only, default: of ``x_pad`` itself, exact when it is the whole head); ``restore``:
         run G's restorer, when it has one, on the result (for the scanner-free output;
         windowed translation runs it once on the blended image instead)."""
-        canvas = quantiles = None
-        if self.cfg.canvas_channels:
-            # per-window curves read the quantiles at the networks' resolution (8x fewer
-            # voxels to sort; a window's tissue levels are the same there)
-            window = self.cfg.curves_per_window
-            canvas = self.canvas(x_pad)
-            quantiles = self.source_quantiles(self.to_io(x_pad) if window else x_pad)
         if self.cfg.curves_per_head and head_q is None:
             head_q = self.head_quantiles(x_pad)
-        out = self.gen(zb, z, c, canvas, quantiles, head_q)
+        out = self._raw(zb, z, c, x_pad, head_q)
         if self.cfg.curves_per_window:
             k = self.cfg.head_knots if self.cfg.curves_per_head else self.cfg.curve_knots
             x = x_pad.float()
             if self.cfg.curves_per_head:  # the window's gain first: a bias field multiplies
-                g = _WINDOW_GAIN_LIMIT * torch.tanh(out[:, k:].float() / _WINDOW_GAIN_LIMIT)
-                x = (x + 1.0) * g.exp().view(-1, 1, 1, 1, 1) - 1.0
+                x = (x + 1.0) * self._window_log_gain(out).exp().view(-1, 1, 1, 1, 1) - 1.0
             y = self.crop(self._apply_head_curve(x, out[:, :k], head_q), size)
             if restore and self.gen.restorer is not None:
                 y = self.gen.restorer(y)
@@ -167,6 +159,30 @@ class Disarm(nn.Module):
         elif self.cfg.output == "detail" and k > 1:
             out = out.float() + self.detail(x_pad)
         return self.crop(out, size)
+
+    def _raw(
+        self,
+        zb: torch.Tensor,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        x_pad: torch.Tensor,
+        head_q: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """G's raw output for content ``zb`` of the padded image ``x_pad`` (curves: with the
+        canvas and quantiles G reads)."""
+        canvas = quantiles = None
+        if self.cfg.canvas_channels:
+            # per-window curves read the quantiles at the networks' resolution (8x fewer
+            # voxels to sort; a window's tissue levels are the same there)
+            window = self.cfg.curves_per_window
+            canvas = self.canvas(x_pad)
+            quantiles = self.source_quantiles(self.to_io(x_pad) if window else x_pad)
+        return self.gen(zb, z, c, canvas, quantiles, head_q)
+
+    def _window_log_gain(self, raw: torch.Tensor) -> torch.Tensor:
+        """Head curves: each window's bounded log-gain (B, 1) from G's raw output."""
+        g = raw[:, self.cfg.head_knots :].float()
+        return _WINDOW_GAIN_LIMIT * torch.tanh(g / _WINDOW_GAIN_LIMIT)
 
     def head_quantiles(self, x: torch.Tensor) -> torch.Tensor | None:
         """The quantiles (B, Q) of each whole head x (B, 1, ...) that a head-curves G reads
@@ -229,8 +245,10 @@ class Disarm(nn.Module):
         tile: int | None = None,
         needed: torch.Tensor | None = None,
         batch: int = 2,
+        overlap: float = 0.5,
     ) -> torch.Tensor:
-        """G(E_b(x), z, c) at x's size; with ``tile``, window by window (see :func:`windows`).
+        """G(E_b(x), z, c) at x's size; with ``tile``, window by window (see :func:`windows`;
+        neighbours overlap by at least ``overlap`` of a window).
 
         A model trained on patches has seen the instance-norm statistics of patches, never of a
         whole head with its background: windows of about the training patch size, overlapping
@@ -251,30 +269,78 @@ class Disarm(nn.Module):
         if x.shape[0] != 1:
             raise ValueError("windowed translation takes one image at a time")
         boxes = [
-            box for box in windows(size, tile) if needed is None or bool(needed[(..., *box)].any())
+            box
+            for box in windows(size, tile, overlap)
+            if needed is None or bool(needed[(..., *box)].any())
         ]
         shape = tuple(min(tile, s) for s in size)  # every window's (see windows())
+        batch = max(1, batch)
+        if self.cfg.curves_per_head:
+            out, covered = self._translate_head_curve(x, z, c, head_q, boxes, shape, batch)
+        else:
+            out, covered = self._translate_windows(x, z, c, boxes, shape, batch)
+        if restore:  # R's convolutions see no windows: once, on the blended head; skipped
+            # windows keep x's values
+            out = torch.where(covered, self.gen.restorer(out).float(), out)
+        return out
+
+    def _translate_windows(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        boxes: list[tuple[slice, ...]],
+        shape: tuple[int, ...],
+        batch: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """G's outputs of the windows ``boxes`` blended (smooth weights) into x's size, and
+        where a window covered; elsewhere x's values."""
         w = _blend_weight(shape, x.device)
         out = torch.zeros_like(x, dtype=torch.float32)
         weight = torch.zeros_like(out)
-        batch = max(1, batch)
         for first in range(0, len(boxes), batch):
             group = boxes[first : first + batch]
             xs = torch.cat([x[(..., *box)] for box in group])
             n = len(group)
             zb, x_pad = self.content(xs)
-            hq = None if head_q is None else head_q.expand(n, -1)
-            ys = self.generate(
-                zb, z.expand(n, -1), c.expand(n, -1), x_pad, shape, hq, restore=False
-            ).float()
+            ys = self.generate(zb, z.expand(n, -1), c.expand(n, -1), x_pad, shape).float()
             for box, y in zip(group, ys, strict=True):
                 out[(..., *box)] += w * y
                 weight[(..., *box)] += w
-        out = torch.where(weight > 0, out / weight.clamp_min(1e-12), x.float())
-        if restore:  # R's convolutions see no windows: once, on the blended head; skipped
-            # windows keep x's values
-            out = torch.where(weight > 0, self.gen.restorer(out).float(), out)
-        return out
+        covered = weight > 0
+        return torch.where(covered, out / weight.clamp_min(1e-12), x.float()), covered
+
+    def _translate_head_curve(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        head_q: torch.Tensor,
+        boxes: list[tuple[slice, ...]],
+        shape: tuple[int, ...],
+        batch: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head curves: the windows' log-gains blended (smooth weights) into one field, and
+        the head's one curve applied once to the whole gain-corrected head; the same as
+        blending each window's curved output up to the curve's bend inside one voxel's gain
+        spread, at one curve evaluation per voxel instead of one per window covering it.
+        Returns the output (x's values where no window covered) and where a window covered."""
+        w = _blend_weight(shape, x.device)
+        log_gain = torch.zeros_like(x, dtype=torch.float32)
+        weight = torch.zeros_like(log_gain)
+        for first in range(0, len(boxes), batch):
+            group = boxes[first : first + batch]
+            n = len(group)
+            zb, x_pad = self.content(torch.cat([x[(..., *box)] for box in group]))
+            raw = self._raw(zb, z.expand(n, -1), c.expand(n, -1), x_pad, head_q.expand(n, -1))
+            for box, g in zip(group, self._window_log_gain(raw), strict=True):
+                log_gain[(..., *box)] += w * g
+                weight[(..., *box)] += w
+        covered = weight > 0
+        gain = torch.where(covered, log_gain / weight.clamp_min(1e-12), 0.0).exp()
+        raw_curve = self.gen.head_curve(head_q, c, z)
+        y = self._apply_head_curve((x.float() + 1.0) * gain - 1.0, raw_curve, head_q)
+        return torch.where(covered, y, x.float()), covered
 
     def inference_modules(self) -> list[nn.Module]:
         return [self.enc_b, self.enc_s, self.gen]
@@ -367,15 +433,16 @@ def _piecewise_linear(x: torch.Tensor, values: torch.Tensor, lo: float, hi: floa
     return v0 + frac * (values.gather(1, i + 1) - v0)
 
 
-def windows(size: tuple[int, ...], tile: int) -> list[tuple[slice, ...]]:
+def windows(size: tuple[int, ...], tile: int, overlap: float = 0.5) -> list[tuple[slice, ...]]:
     """Boxes of ``tile`` voxels per axis (the whole axis if shorter) covering ``size``, with
-    starts spread evenly so that neighbours overlap by at least half a tile."""
+    starts spread evenly so that neighbours overlap by at least ``overlap`` of a tile."""
+    step = max(1, int(tile * (1.0 - overlap)))
     per_axis = []
     for n in size:
         if n <= tile:
             per_axis.append([slice(0, n)])
             continue
-        count = math.ceil((n - tile) / (tile // 2)) + 1
+        count = math.ceil((n - tile) / step) + 1
         starts = [round(i * (n - tile) / (count - 1)) for i in range(count)]
         per_axis.append([slice(a, a + tile) for a in starts])
     return list(itertools.product(*per_axis))

@@ -155,6 +155,12 @@ def test_head_weight_keeps_noisy_air_out():
     assert w[30, 30, 30] == pytest.approx(1.0)
     assert w[:5, :5, :5].max() < 1e-3 and w[55:, 55:, 55:].max() < 1e-3
     assert 0.0 <= w.min() and w.max() <= 1.0
+    # found on every second voxel and interpolated back: the same mask, up to its rim
+    w2 = head_weight(x, step=2)
+    assert w2[30, 30, 30] == pytest.approx(1.0) and w2[:5, :5, :5].max() < 1e-3
+    assert np.abs(w2 - w).mean() < 0.01
+    # no dilation is no dilation (scipy dilates until nothing changes for iterations=0)
+    assert (head_weight(x, dilate=0, sigma=0.5) > 0.5).mean() < 3 * (x > 0).mean()
 
 
 def test_inference_tile_follows_the_training_patch():

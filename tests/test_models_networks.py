@@ -8,6 +8,7 @@ import torch
 
 from models.disarm import (
     Disarm,
+    _blend_weight,
     apply_landmarks,
     landmark_levels,
     monotone_values,
@@ -234,20 +235,64 @@ def test_config_round_trip_and_errors():
         NetworkConfig(n_scanners=1)
 
 
+@pytest.mark.parametrize("overlap", [0.5, 0.25])
 @pytest.mark.parametrize("size", [(10, 40, 41), (96, 97, 182)])
-def test_windows_cover_the_volume_with_half_overlap(size):
+def test_windows_cover_the_volume_with_their_overlap(size, overlap):
     tile = 32
-    boxes = windows(size, tile)
+    boxes = windows(size, tile, overlap)
     count = np.zeros(size, dtype=int)
     for box in boxes:
         assert all(sl.stop - sl.start == min(tile, n) for sl, n in zip(box, size, strict=True))
         count[box] += 1
     assert count.min() >= 1
-    # neighbours along an axis overlap by at least half a tile
+    # neighbours along an axis overlap by at least the asked share of a tile
     for axis, n in enumerate(size):
         starts = sorted({box[axis].start for box in boxes})
-        assert all(b - a <= tile // 2 for a, b in itertools.pairwise(starts)), starts
+        assert all(b - a <= tile * (1 - overlap) for a, b in itertools.pairwise(starts)), starts
         assert starts[-1] + min(tile, n) == n
+    if overlap < 0.5 and max(size) > 3 * tile:  # fewer windows than with half shared
+        assert len(boxes) < len(windows(size, tile))
+
+
+def test_head_curve_windows_blend_their_gains_into_one_field():
+    """Head curves: windowed translation blends the windows' gains into one field and applies
+    the head's curve once. With one gain for every window that is exactly the whole-volume
+    translation; with gains that differ it stays within the curve's bend of the blend of the
+    windows' curved outputs; skipped windows keep the input."""
+    torch.manual_seed(6)
+    model = Disarm(get_config("landmark-curves", n_scanners=2)).eval()
+    x = torch.rand(1, 1, 30, 26, 28) * 2.5 - 1
+    z, c = torch.zeros(1, 8), one_hot([1], 2)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.gen.head[-1].weight, 0, 0.5)
+        torch.nn.init.zeros_(model.gen.gain[-1].weight)
+        torch.nn.init.constant_(model.gen.gain[-1].bias, 0.2)  # one gain, exp(0.19), for all
+        whole = model.translate(x, z, c)
+        assert (whole - x).abs().mean() > 0.05
+        for overlap in (0.5, 0.25):
+            tiled = model.translate(x, z, c, tile=12, overlap=overlap)
+            torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+        # gains that differ from window to window
+        torch.nn.init.normal_(model.gen.gain[-1].weight, 0, 0.5)
+        tiled = model.translate(x, z, c, tile=12)
+        head_q = model.head_quantiles(x)
+        boxes = windows(tuple(x.shape[2:]), 12)
+        w = _blend_weight((12, 12, 12), x.device)
+        out, weight = torch.zeros_like(x), torch.zeros_like(x)
+        gains = []
+        for box in boxes:
+            zb, pad = model.content(x[(..., *box)])
+            out[(..., *box)] += w * model.generate(zb, z, c, pad, (12, 12, 12), head_q)
+            weight[(..., *box)] += w
+            gains.append(float(model._window_log_gain(model._raw(zb, z, c, pad, head_q))))
+        blended = out / weight
+        assert max(gains) - min(gains) > 0.01  # the windows' gains do differ
+        assert (tiled - blended).abs().mean() < 0.1 * (tiled - whole).abs().mean() + 1e-4
+        needed = torch.zeros_like(x, dtype=torch.bool)
+        needed[..., :4, :4, :4] = True
+        part = model.translate(x, z, c, tile=12, needed=needed)
+    torch.testing.assert_close(part[..., 24:, 20:, 22:], x[..., 24:, 20:, 22:])
+    assert (part[..., :4, :4, :4] - x[..., :4, :4, :4]).abs().mean() > 0.05
 
 
 def test_tiled_translation_matches_whole_volume_where_one_window_fits():
