@@ -11,6 +11,14 @@ first harmonization call (what one pipeline node pays after loading), the best o
 
 ``--train`` times training iterations of the fast configuration (batch 2, patches of the
 given sides, bf16 off) with the same fresh-process protocol.
+
+``--command`` times the whole ``disarm-harmonize IN.nii.gz OUT.nii.gz --nthreads THREADS``
+command (the shipped model, or ``--model``) on a synthetic head on that grid (an ellipsoid
+of smooth texture in faint noise), best of ``--repeats`` fresh processes, and splits one run
+into its stages (imports, reading, loading the model, harmonizing, writing image and sidecar)
+in a fresh process:
+
+    python benchmarks/bench_harmonize.py --configs --command
 """
 
 from __future__ import annotations
@@ -80,6 +88,67 @@ print(json.dumps({{"mean": sum(times) / len(times), "best": min(times), "peak_mb
 """
 
 
+_HEAD = r"""
+import sys
+import nibabel as nib, numpy as np
+from scipy import ndimage
+shape = {shape}
+rng = np.random.default_rng(0)
+grid = np.indices(shape, dtype=np.float32)
+r2 = sum(((g - n / 2) / (0.42 * n)) ** 2 for g, n in zip(grid, shape))
+tex = ndimage.gaussian_filter(rng.random(shape, dtype=np.float32), 2)
+data = np.where(r2 < 1, 300 + 2000 * tex, 20 * rng.random(shape, dtype=np.float32))
+affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+affine[:3, 3] = [90, -126, -72]
+nib.save(nib.Nifti1Image(data.astype(np.float32), affine), sys.argv[1])
+"""
+
+_STAGES = r"""
+import time
+t0 = time.perf_counter()
+import json, sys
+import nibabel as nib, torch
+from models.atomic import atomic_path, write_json_atomic
+from models.harmonize import Harmonizer
+t1 = time.perf_counter()
+torch.set_num_threads({threads})
+img = nib.load({src!r}); img.get_fdata(dtype="float32")
+t2 = time.perf_counter()
+h = Harmonizer.from_dir({model!r} or None, device="cpu")
+t3 = time.perf_counter()
+out, meta = h.harmonize(img)
+t4 = time.perf_counter()
+with atomic_path({dst!r}, suffix=".nii.gz") as tmp:
+    nib.save(out, str(tmp))
+write_json_atomic({dst!r}.replace(".nii.gz", ".json"), meta, sort_keys=False)
+t5 = time.perf_counter()
+print(json.dumps({{"imports": t1 - t0, "read": t2 - t1, "load model": t3 - t2,
+                  "harmonize": t4 - t3, "write": t5 - t4}}))
+"""
+
+
+def _command(args: argparse.Namespace, tmp: str) -> None:
+    """Time the disarm-harmonize command, whole and by stage (``--command``)."""
+    import time
+
+    src, dst = f"{tmp}/sub-01_T1w.nii.gz", f"{tmp}/sub-01_desc-harmonized_T1w.nii.gz"
+    subprocess.run([sys.executable, "-c", _HEAD.format(shape=SHAPE), src], check=True)
+    cmd = [sys.executable, "-m", "pipeline.cli.harmonize", src, dst]
+    cmd += ["--nthreads", str(args.threads)] + (["--model", args.model] if args.model else [])
+    times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).parents[1])
+        times.append(time.perf_counter() - t)
+    code = _STAGES.format(threads=args.threads, src=src, dst=dst, model=args.model)
+    stages = _run(code)
+    print(f"\n`disarm-harmonize` on a synthetic {'x'.join(map(str, SHAPE))} head, scanner-free, "
+          f"{args.threads} threads, {args.model or 'the shipped model'}\n")  # fmt: skip
+    print(f"| whole command, best of {args.repeats} (s) | " + " | ".join(stages) + " |")
+    print("|---" * (len(stages) + 1) + "|")
+    print(f"| {min(times):.2f} | " + " | ".join(f"{v:.2f}" for v in stages.values()) + " |")
+
+
 def _run(code: str) -> dict:
     res = subprocess.run(
         [sys.executable, "-c", code],
@@ -96,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--configs", nargs="+", default=["reference", "fast"])
+    p.add_argument("--configs", nargs="*", default=["reference", "fast"])
     p.add_argument("--model", default="", help="a trained model directory to time as well")
     p.add_argument("--train", nargs="*", type=int, default=None, metavar="PATCH")
+    p.add_argument("--command", action="store_true", help="time disarm-harmonize as a whole")
     args = p.parse_args(argv)
 
     rows = []
@@ -109,12 +179,15 @@ def main(argv: list[str] | None = None) -> int:
                                      shape=SHAPE, repeats=args.repeats)  # fmt: skip
             r = _run(code)
             rows.append((config if not model else f"{model} ({r['config']})", r))
-    print(f"Harmonization of one {'x'.join(map(str, SHAPE))} volume, scanner-free, "
-          f"{args.threads} CPU threads, fresh process per row\n")  # fmt: skip
-    print(f"| configuration | first call (s) | best of {args.repeats} (s) | peak RSS (MB) |")
-    print("|---|---|---|---|")
-    for name, r in rows:
-        print(f"| {name} | {r['first']:.2f} | {r['best']:.2f} | {r['peak_mb']:.0f} |")
+        if args.command:
+            _command(args, tmp)
+    if rows:
+        print(f"Harmonization of one {'x'.join(map(str, SHAPE))} volume, scanner-free, "
+              f"{args.threads} CPU threads, fresh process per row\n")  # fmt: skip
+        print(f"| configuration | first call (s) | best of {args.repeats} (s) | peak RSS (MB) |")
+        print("|---|---|---|---|")
+        for name, r in rows:
+            print(f"| {name} | {r['first']:.2f} | {r['best']:.2f} | {r['peak_mb']:.0f} |")
 
     if args.train:
         print(
