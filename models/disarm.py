@@ -252,7 +252,8 @@ class Disarm(nn.Module):
 
         A model trained on patches has seen the instance-norm statistics of patches, never of a
         whole head with its background: windows of about the training patch size, overlapping
-        by half and blended with a smooth weight, keep inference where training was.
+        (by half by default) and blended with a smooth weight, keep inference where training
+        was; head curves blend the windows' gains and apply the head's curve once.
         ``needed`` (bool, x's shape): windows with no needed voxel are skipped and their voxels
         keep x's values. x holds one image (B = 1); its windows run ``batch`` at a time (on a
         CPU, PyTorch takes its slow direct 3D convolution for a batch of one small volume, and
@@ -436,6 +437,8 @@ def _piecewise_linear(x: torch.Tensor, values: torch.Tensor, lo: float, hi: floa
 def windows(size: tuple[int, ...], tile: int, overlap: float = 0.5) -> list[tuple[slice, ...]]:
     """Boxes of ``tile`` voxels per axis (the whole axis if shorter) covering ``size``, with
     starts spread evenly so that neighbours overlap by at least ``overlap`` of a tile."""
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"windows overlap by a fraction in [0, 1), got {overlap}")
     step = max(1, int(tile * (1.0 - overlap)))
     per_axis = []
     for n in size:

@@ -16,8 +16,10 @@ scale for every scanner) or to the input's own robust range (``"input"``). The o
 the input's affine, qform/sform codes and header, as float32.
 
 Windows: a model trained on patches (its card's ``training.patch_size``) is run window by
-window (1.5 x the patch size, half overlap, smooth blend; :meth:`Disarm.translate`), so that
-its instance norms see statistics like those of training; a model trained on whole volumes
+window (1.5 x the patch size, half overlap, smooth blend; for curves per window or per head
+the patch size itself, and head curves' windows share a quarter and give a gain each:
+:meth:`Disarm.translate`), so that its instance norms see statistics like those of training;
+a model trained on whole volumes
 sees the whole volume. Air beyond a few voxels from the head, which no training patch held, is
 the input's (:func:`head_weight`).
 
@@ -71,13 +73,17 @@ def head_weight(x: np.ndarray, dilate: int = 6, sigma: float = 2.0, step: int = 
     The head is the largest piece above 10% of the robust range (normalized > -0.8, the voxels
     training patches are centred on) after a 2-voxel Gaussian smoothing, holes filled.
     Training patches never held air far from the head, so the network's output there is not
-    to be trusted and the input's air is kept instead. ``step`` > 1 finds the head on every
-    ``step``-th voxel (distances scaled alike) and interpolates the soft mask back: a smooth
-    mask at 1/step^3 of the cost (a second of a 1 mm head's harmonization at ``step`` 1).
+    to be trusted and the input's air is kept instead. ``step`` > 1 finds the head on the
+    means of step^3 blocks (distances scaled alike) and interpolates the soft mask back: a
+    smooth mask at 1/step^3 of the cost (a second of a 1 mm head's harmonization at 1).
     """
     full = x.shape
-    if step > 1:
-        x = x[::step, ::step, ::step]
+    if step > 1:  # step^3 blocks averaged (edges replicated to whole blocks): block i's
+        # centre is the full grid's step * i + (step - 1) / 2
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
+        pad = [(-n) % step for n in full]
+        t = F.pad(t, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
+        x = F.avg_pool3d(t, step)[0, 0].numpy()
     head = ndimage.gaussian_filter(x, 2.0 / step) > -0.8  # smoothed first: noisy air stays out
     labels, n = ndimage.label(head)
     if n > 1:  # the head is the largest piece
@@ -86,9 +92,10 @@ def head_weight(x: np.ndarray, dilate: int = 6, sigma: float = 2.0, step: int = 
         ndimage.binary_dilation(head, iterations=max(1, round(dilate / step))) if dilate else head
     )
     w = ndimage.gaussian_filter(head.astype(np.float32), sigma / step)
-    if step > 1:  # the subsample's voxels are every step-th of the full grid: corners align
+    if step > 1:  # back onto the full grid (half-voxel centres: align_corners=False)
         t = torch.from_numpy(w)[None, None]
-        w = F.interpolate(t, size=full, mode="trilinear", align_corners=True)[0, 0].numpy()
+        w = F.interpolate(t, scale_factor=step, mode="trilinear", align_corners=False)
+        w = w[0, 0, : full[0], : full[1], : full[2]].numpy()
     return np.clip(w, 0.0, 1.0)
 
 

@@ -255,10 +255,10 @@ def test_windows_cover_the_volume_with_their_overlap(size, overlap):
 
 
 def test_head_curve_windows_blend_their_gains_into_one_field():
-    """Head curves: windowed translation blends the windows' gains into one field and applies
-    the head's curve once. With one gain for every window that is exactly the whole-volume
-    translation; with gains that differ it stays within the curve's bend of the blend of the
-    windows' curved outputs; skipped windows keep the input."""
+    """Head curves: windowed translation blends the windows' log-gains (sine weights) into one
+    field and applies the head's one curve to the gain-corrected head. With one gain for every
+    window that is the whole-volume translation; with gains that differ it is that field's
+    curve (not the blend of each window's curved output); skipped windows keep the input."""
     torch.manual_seed(6)
     model = Disarm(get_config("landmark-curves", n_scanners=2)).eval()
     x = torch.rand(1, 1, 30, 26, 28) * 2.5 - 1
@@ -272,27 +272,37 @@ def test_head_curve_windows_blend_their_gains_into_one_field():
         for overlap in (0.5, 0.25):
             tiled = model.translate(x, z, c, tile=12, overlap=overlap)
             torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
-        # gains that differ from window to window
+        # gains that differ from window to window: the expected field, built by hand
         torch.nn.init.normal_(model.gen.gain[-1].weight, 0, 0.5)
-        tiled = model.translate(x, z, c, tile=12)
+        torch.nn.init.zeros_(model.gen.gain[-1].bias)
+        x[..., 15:, :, :] *= 0.3  # windows that differ
         head_q = model.head_quantiles(x)
-        boxes = windows(tuple(x.shape[2:]), 12)
         w = _blend_weight((12, 12, 12), x.device)
-        out, weight = torch.zeros_like(x), torch.zeros_like(x)
-        gains = []
-        for box in boxes:
-            zb, pad = model.content(x[(..., *box)])
-            out[(..., *box)] += w * model.generate(zb, z, c, pad, (12, 12, 12), head_q)
-            weight[(..., *box)] += w
-            gains.append(float(model._window_log_gain(model._raw(zb, z, c, pad, head_q))))
-        blended = out / weight
-        assert max(gains) - min(gains) > 0.01  # the windows' gains do differ
-        assert (tiled - blended).abs().mean() < 0.1 * (tiled - whole).abs().mean() + 1e-4
+        for overlap in (0.5, 0.25):
+            log_gain, weight, outputs = (torch.zeros_like(x) for _ in range(3))
+            gains = []
+            for box in windows(tuple(x.shape[2:]), 12, overlap):
+                zb, pad = model.content(x[(..., *box)])
+                g = model._window_log_gain(model._raw(zb, z, c, pad, head_q))
+                log_gain[(..., *box)] += w * g
+                weight[(..., *box)] += w
+                outputs[(..., *box)] += w * model.generate(zb, z, c, pad, (12, 12, 12), head_q)
+                gains.append(float(g))
+            field = (x + 1) * (log_gain / weight).exp() - 1
+            raw = model.gen.head_curve(head_q, c, z)
+            expected = model._apply_head_curve(field, raw, head_q)
+            tiled = model.translate(x, z, c, tile=12, overlap=overlap)
+            torch.testing.assert_close(tiled, expected, atol=1e-5, rtol=0)
+            assert max(gains) - min(gains) > 0.01  # the windows' gains do differ
+            # ... so blending the windows' curved outputs is another (close) image
+            assert (outputs / weight - tiled).abs().max() > 1e-5
         needed = torch.zeros_like(x, dtype=torch.bool)
         needed[..., :4, :4, :4] = True
         part = model.translate(x, z, c, tile=12, needed=needed)
     torch.testing.assert_close(part[..., 24:, 20:, 22:], x[..., 24:, 20:, 22:])
     assert (part[..., :4, :4, :4] - x[..., :4, :4, :4]).abs().mean() > 0.05
+    with pytest.raises(ValueError, match="overlap"):
+        windows((40, 40, 40), 12, 1.0)
 
 
 def test_tiled_translation_matches_whole_volume_where_one_window_fits():
