@@ -324,7 +324,7 @@ def train(
     log = None
     columns = list(LOSS_NAMES)  # fixed: D_b-only steps leave the other columns empty
     if rank == 0:
-        _align_loss_log(out / "losses.tsv", ["step", "lr", *columns])
+        _align_loss_log(out / "losses.tsv", ["step", "lr", *columns], start)
         log = open(out / "losses.tsv", "a")  # noqa: SIM115 - closed in finally
     prefetch = Prefetcher(sampler)
     bar = tqdm(total=opts.steps, initial=start, disable=not opts.progress or rank != 0, unit="it")
@@ -380,18 +380,22 @@ def train(
     return final
 
 
-def _align_loss_log(path: Path, header: list[str]) -> None:
-    """Give an existing ``losses.tsv`` (a resumed run) this version's columns: a log written
+def _align_loss_log(path: Path, header: list[str], start: int = 0) -> None:
+    """Give an existing ``losses.tsv`` (a resumed run) this version's columns and the rows of
+    the ``start`` steps its checkpoint holds only (rows are numbered from 1): a log written
     before a loss was added is rewritten (atomically) with the new header, each old value
-    under its own column name, the new columns empty; an empty or missing log is left."""
+    under its own column name, the new columns empty; rows of later steps (logged by a run
+    stopped after its last checkpoint, which the resumed run logs again) are dropped. An
+    empty or missing log is left."""
     if not path.exists() or path.stat().st_size == 0:
         return
     lines = path.read_text().splitlines()
     old = lines[0].split("\t")
-    if old == header:
-        return
     rows = [dict(zip(old, line.split("\t"), strict=False)) for line in lines[1:] if line]
-    body = ["\t".join(row.get(k, "") for k in header) for row in rows]
+    kept = [row for row in rows if not row.get("step", "").isdigit() or int(row["step"]) <= start]
+    if old == header and len(kept) == len(rows):
+        return
+    body = ["\t".join(row.get(k, "") for k in header) for row in kept]
     write_text_atomic(path, "\n".join(["\t".join(header), *body]) + "\n")
 
 

@@ -79,11 +79,13 @@ def test_train_bids_resume_and_harmonize(derivatives, tmp_path, capsys):
     code = cli_train.main([str(derivatives), "--out", str(out), *FAST])
     err = capsys.readouterr().err
     assert code == 64 and err.count("\n") == 1 and "--resume" in err
-    # resume to 3 steps, from a log written before the last loss column existed: the log
-    # is rewritten with today's columns, old values under their names
+    # resume to 3 steps, from a log written before the last loss column existed and holding
+    # a row for step 3, logged by a run stopped before its next checkpoint: the log is
+    # rewritten with today's columns, old values under their names, the stale row dropped
     log = out / "losses.tsv"
     lines = [line.split("\t") for line in log.read_text().splitlines()]
-    log.write_text("".join("\t".join(cells[:-1]) + "\n" for cells in lines))
+    stale = ["3", *lines[-1][1:]]
+    log.write_text("".join("\t".join(cells[:-1]) + "\n" for cells in [*lines, stale]))
     args = [str(derivatives), "--out", str(out), *FAST, "--resume"]
     args[args.index("--steps") + 1] = "3"
     assert cli_train.main(args) == 0
@@ -92,6 +94,7 @@ def test_train_bids_resume_and_harmonize(derivatives, tmp_path, capsys):
     assert resumed[0] == ["step", "lr", *LOSS_NAMES] and len(resumed) == 4
     assert all(len(row) == len(resumed[0]) for row in resumed)
     assert [row[:-1] for row in resumed[1:3]] == [cells[:-1] for cells in lines[1:]]
+    assert [row[0] for row in resumed[1:]] == ["1", "2", "3"]  # step 3 once, the new one
     assert len(list((out / "checkpoints").glob("step-*"))) == 2  # --keep-checkpoints 2
 
     # disarm-harmonize with that model: image + sidecar, affine kept
