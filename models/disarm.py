@@ -296,20 +296,12 @@ class Disarm(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """G's outputs of the windows ``boxes`` blended (smooth weights) into x's size, and
         where a window covered; elsewhere x's values."""
-        w = _blend_weight(shape, x.device)
-        out = torch.zeros_like(x, dtype=torch.float32)
-        weight = torch.zeros_like(out)
-        for first in range(0, len(boxes), batch):
-            group = boxes[first : first + batch]
-            xs = torch.cat([x[(..., *box)] for box in group])
-            n = len(group)
-            zb, x_pad = self.content(xs)
-            ys = self.generate(zb, z.expand(n, -1), c.expand(n, -1), x_pad, shape).float()
-            for box, y in zip(group, ys, strict=True):
-                out[(..., *box)] += w * y
-                weight[(..., *box)] += w
-        covered = weight > 0
-        return torch.where(covered, out / weight.clamp_min(1e-12), x.float()), covered
+
+        def outputs(zb: torch.Tensor, x_pad: torch.Tensor, n: int) -> torch.Tensor:
+            return self.generate(zb, z.expand(n, -1), c.expand(n, -1), x_pad, shape).float()
+
+        out, covered = self._blend_windows(x, boxes, shape, batch, outputs)
+        return torch.where(covered, out, x.float()), covered
 
     def _translate_head_curve(
         self,
@@ -326,22 +318,41 @@ class Disarm(nn.Module):
         blending each window's curved output up to the curve's bend inside one voxel's gain
         spread, at one curve evaluation per voxel instead of one per window covering it.
         Returns the output (x's values where no window covered) and where a window covered."""
+
+        def log_gains(zb: torch.Tensor, x_pad: torch.Tensor, n: int) -> torch.Tensor:
+            hq = head_q.expand(n, -1)
+            return self._window_log_gain(
+                self._raw(zb, z.expand(n, -1), c.expand(n, -1), x_pad, hq)
+            )
+
+        log_gain, covered = self._blend_windows(x, boxes, shape, batch, log_gains)
+        raw_curve = self.gen.head_curve(head_q, c, z)
+        y = self._apply_head_curve((x.float() + 1.0) * log_gain.exp() - 1.0, raw_curve, head_q)
+        return torch.where(covered, y, x.float()), covered
+
+    def _blend_windows(
+        self,
+        x: torch.Tensor,
+        boxes: list[tuple[slice, ...]],
+        shape: tuple[int, ...],
+        batch: int,
+        per_window,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run E_b on the windows ``boxes`` of x, ``batch`` at a time, and blend what
+        ``per_window(z_b, x_pad, n)`` gives for each (an image of the window's shape, or one
+        value) with the smooth weight into x's size. Returns the blend (0 where no window
+        covered) and where a window covered."""
         w = _blend_weight(shape, x.device)
-        log_gain = torch.zeros_like(x, dtype=torch.float32)
-        weight = torch.zeros_like(log_gain)
+        total = torch.zeros_like(x, dtype=torch.float32)
+        weight = torch.zeros_like(total)
         for first in range(0, len(boxes), batch):
             group = boxes[first : first + batch]
-            n = len(group)
             zb, x_pad = self.content(torch.cat([x[(..., *box)] for box in group]))
-            raw = self._raw(zb, z.expand(n, -1), c.expand(n, -1), x_pad, head_q.expand(n, -1))
-            for box, g in zip(group, self._window_log_gain(raw), strict=True):
-                log_gain[(..., *box)] += w * g
+            for box, value in zip(group, per_window(zb, x_pad, len(group)), strict=True):
+                total[(..., *box)] += w * value
                 weight[(..., *box)] += w
         covered = weight > 0
-        gain = torch.where(covered, log_gain / weight.clamp_min(1e-12), 0.0).exp()
-        raw_curve = self.gen.head_curve(head_q, c, z)
-        y = self._apply_head_curve((x.float() + 1.0) * gain - 1.0, raw_curve, head_q)
-        return torch.where(covered, y, x.float()), covered
+        return torch.where(covered, total / weight.clamp_min(1e-12), 0.0), covered
 
     def inference_modules(self) -> list[nn.Module]:
         return [self.enc_b, self.enc_s, self.gen]
