@@ -107,12 +107,13 @@ _STAGES = r"""
 import time
 t0 = time.perf_counter()
 import json, sys
-import nibabel as nib, torch
+import nibabel as nib, numpy as np, torch
 from models.atomic import atomic_path, write_json_atomic
 from models.harmonize import Harmonizer
 t1 = time.perf_counter()
 torch.set_num_threads({threads})
-img = nib.load({src!r}); img.get_fdata(dtype="float32")
+img = nib.load({src!r})  # read once, here: harmonize would read the file's dataobj again
+img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine, img.header)
 t2 = time.perf_counter()
 h = Harmonizer.from_dir({model!r} or None, device="cpu")
 t3 = time.perf_counter()
